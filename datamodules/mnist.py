@@ -1,0 +1,195 @@
+"""MNIST and Fashion-MNIST from their original IDX files (one shared implementation).
+
+Files are looked up, in order, in ``<data_dir>/<folder>/raw`` (torchvision's layout, which is
+also where a download goes), ``<data_dir>/<alias>/<folder>/raw`` (so that ``data_dir`` may be a
+shared root holding ``mnist/`` and ``fashion_mnist/``) and ``<data_dir>`` itself; each file may be
+gzipped or not. When they are missing and ``download`` is true, torchvision downloads them into
+``<data_dir>/<folder>/raw``; when that fails too, one error says which files to put where.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from datamodules.base import InMemoryClassificationDataModule
+from datamodules.paths import resolve_data_dir
+
+IDX_IMAGES_MAGIC = 2051
+IDX_LABELS_MAGIC = 2049
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A data set's files are not where the datamodule looked, and could not be downloaded."""
+
+
+class CorruptFileError(ValueError):
+    """A data file exists but its content is not what its format promises."""
+
+
+def read_idx(path: str | os.PathLike) -> torch.Tensor:
+    """Read an IDX file (LeCun's MNIST format, gzipped or not) of unsigned bytes into a tensor.
+
+    Checks the magic number, that the header's sizes match the payload, and names the file and
+    the fix otherwise.
+    """
+    path = Path(path)
+    fix = f"Delete {path} and download it again (or copy an intact copy there)."
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as err:
+        raise CorruptFileError(f"Cannot read {path}: {err}. {fix}") from err
+    if len(raw) < 4:
+        raise CorruptFileError(f"{path} is {len(raw)} bytes long, too short for an IDX header. {fix}")
+    zero, dtype_code, ndim = raw[0] << 8 | raw[1], raw[2], raw[3]
+    if zero != 0 or dtype_code != 0x08 or ndim not in (1, 3):
+        raise CorruptFileError(
+            f"{path} is not an IDX file of unsigned bytes (magic {int.from_bytes(raw[:4], 'big')}, "
+            f"expected {IDX_LABELS_MAGIC} for labels or {IDX_IMAGES_MAGIC} for images). {fix}"
+        )
+    header = 4 + 4 * ndim
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = header + int(np.prod(shape))
+    if len(raw) != expected:
+        raise CorruptFileError(
+            f"{path} is truncated or padded: its header promises shape {shape} "
+            f"({expected:,} bytes) but the file holds {len(raw):,} bytes. {fix}"
+        )
+    return torch.from_numpy(np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy())
+
+
+class MNISTDataModule(InMemoryClassificationDataModule):
+    """MNIST (LeCun et al. 1998): 60,000 training and 10,000 test digits, 28x28 grayscale.
+
+    The official training set is split deterministically into training and validation
+    (``val_size`` images, chosen by ``split_seed``); the official test set is the test split.
+    """
+
+    folder = "MNIST"
+    aliases = ("mnist",)
+    urls_hint = "http://yann.lecun.com/exdb/mnist/ (or torchvision.datasets.MNIST)"
+    torchvision_class = "MNIST"
+    num_classes = 10
+    in_channels = 1
+    class_names = [str(d) for d in range(10)]
+    mean = (0.1307,)
+    std = (0.3081,)
+    files = {
+        True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+        False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+    }
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        download: bool = True,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        val_size: int = 5000,
+        split_seed: int = 0,
+        augment: bool = True,
+        rotation_degrees: float = 10.0,
+        translate_px: float = 2.0,
+        scale: float = 0.1,
+        eval_batch_size: int = 1000,
+    ) -> None:
+        """
+        Args:
+            data_dir: folder holding the IDX files (see the module docstring for the layouts
+                searched). Default: ``$ZOO_DATA_DIR``, else ``./data``.
+            download: download the files into ``data_dir`` when they are missing.
+            batch_size: training batch size (evaluation uses ``eval_batch_size``).
+            num_workers: DataLoader worker processes; 0 is fastest for in-memory data.
+            val_size: images of the official training set held out for validation.
+            split_seed: seed of the train/validation split (independent of the training seed).
+            augment: random rotation / scale / shift of training batches (never val/test).
+        """
+        super().__init__(
+            batch_size=batch_size,
+            num_workers=num_workers,
+            val_size=val_size,
+            split_seed=split_seed,
+            augment=augment,
+            rotation_degrees=rotation_degrees,
+            translate_px=translate_px,
+            scale=scale,
+            eval_batch_size=eval_batch_size,
+        )
+        self.data_dir = resolve_data_dir(data_dir)
+        self.download = download
+
+    # -- locating files ----------------------------------------------------------------------------
+    def candidate_dirs(self) -> list[Path]:
+        root = self.data_dir
+        return [root / self.folder / "raw"] + [root / a / self.folder / "raw" for a in self.aliases] + [root]
+
+    def find_file(self, name: str) -> Path | None:
+        for folder in self.candidate_dirs():
+            for candidate in (folder / name, folder / f"{name}.gz"):
+                if candidate.is_file():
+                    return candidate
+        return None
+
+    def missing_files(self) -> list[str]:
+        return [n for names in self.files.values() for n in names if self.find_file(n) is None]
+
+    def prepare_data(self) -> None:
+        missing = self.missing_files()
+        if not missing:
+            return
+        reason = "download=False"
+        if self.download:
+            import torchvision.datasets
+
+            try:
+                getattr(torchvision.datasets, self.torchvision_class)(root=str(self.data_dir), download=True)
+                return
+            except Exception as err:  # network, permissions, checksum: all end in the same advice
+                reason = f"the download failed ({type(err).__name__}: {str(err).splitlines()[0]})"
+        where = "\n  ".join(str(d) for d in self.candidate_dirs())
+        raise DataNotFoundError(
+            f"{self.folder} files not found: {', '.join(missing)} (each may end in .gz), and {reason}.\n"
+            f"Looked in:\n  {where}\n"
+            f"Fix: put the four IDX files from {self.urls_hint} in {self.data_dir / self.folder / 'raw'}, "
+            f"or point at a folder that has them with ZOO_DATA_DIR=... or --data.init_args.data_dir ..."
+        )
+
+    def load_split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        self.prepare_data()  # cheap when the files exist; gives the clear error when they do not
+        image_name, label_name = self.files[train]
+        image_path, label_path = self.find_file(image_name), self.find_file(label_name)
+        assert image_path is not None and label_path is not None
+        images, labels = read_idx(image_path), read_idx(label_path)
+        if images.ndim != 3:
+            raise CorruptFileError(f"{image_path} holds labels (1-D), not images. Check the file names.")
+        if labels.ndim != 1:
+            raise CorruptFileError(f"{label_path} holds images, not labels (1-D). Check the file names.")
+        if len(images) != len(labels):
+            raise CorruptFileError(
+                f"{image_path} has {len(images):,} images but {label_path} has {len(labels):,} labels; "
+                "one of them is from another data set or split. Replace them with a matching pair."
+            )
+        if int(labels.max()) >= self.num_classes:
+            raise CorruptFileError(
+                f"{label_path} has label {int(labels.max())}, but {self.folder} has {self.num_classes} classes."
+            )
+        return images.unsqueeze(1), labels.long()
+
+
+class FashionMNISTDataModule(MNISTDataModule):
+    """Fashion-MNIST (Xiao, Rasul, Vollgraf 2017): MNIST's format and sizes, 10 clothing classes."""
+
+    folder = "FashionMNIST"
+    aliases = ("fashion_mnist", "fashion-mnist")
+    urls_hint = "https://github.com/zalandoresearch/fashion-mnist (or torchvision.datasets.FashionMNIST)"
+    torchvision_class = "FashionMNIST"
+    class_names = [
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    ]
+    mean = (0.2860,)
+    std = (0.3530,)

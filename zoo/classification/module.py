@@ -1,0 +1,193 @@
+"""ImageClassifier: any registered classification network, any torch optimizer and scheduler."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+from zoo.registry import create_model
+from zoo.utils.optim import build_optimizers
+
+
+class ImageClassifier(pl.LightningModule):
+    """Train, evaluate and run a classifier from the registry.
+
+    Logs ``train/loss``, ``train/acc``, ``{val,test}/{loss,acc,acc_top5}``; at test time also the
+    per-class accuracy (``test/acc_class/<name>``) and a confusion-matrix figure (TensorBoard and
+    ``confusion_matrix.png`` in the run's log directory).
+
+    Args:
+        backbone: registered name (``zoo.list_models(family="classification")``).
+        num_classes: output classes; linked from the datamodule by ``train.py``.
+        in_channels: input channels; linked from the datamodule by ``train.py``.
+        backbone_kwargs: extra keyword arguments of the backbone's builder.
+        label_smoothing: cross-entropy label smoothing (Szegedy et al. 2016, sec. 7).
+        optimizer: any ``torch.optim`` class with its arguments (``class_path``/``init_args`` in YAML).
+        lr_scheduler: any ``torch.optim.lr_scheduler`` class; OneCycleLR gets ``total_steps``
+            from the trainer when not given, and steps per batch.
+        lr_scheduler_interval: ``auto`` (per step for OneCycleLR/CyclicLR, else per epoch).
+        class_names: names for per-class metrics and figures; linked from the datamodule.
+    """
+
+    model_family = "classification"  # the registry family that ``backbone`` names are looked up in
+
+    def __init__(
+        self,
+        backbone: str = "convnet",
+        num_classes: int = 10,
+        in_channels: int = 1,
+        backbone_kwargs: dict[str, Any] | None = None,
+        label_smoothing: float = 0.0,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lr_scheduler_interval: Literal["auto", "step", "epoch"] = "auto",
+        class_names: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class_names given for num_classes={num_classes}")
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        self.net = create_model(
+            backbone, family="classification", num_classes=num_classes, in_channels=in_channels,
+            **(backbone_kwargs or {}),
+        )
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.lr_scheduler_interval = lr_scheduler_interval
+        top5 = min(5, num_classes)
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_metrics = MetricCollection(
+            {"acc": MulticlassAccuracy(num_classes, average="micro"),
+             "acc_top5": MulticlassAccuracy(num_classes, top_k=top5, average="micro")},
+            prefix="val/",
+        )
+        self.test_metrics = self.val_metrics.clone(prefix="test/")
+        self.test_per_class = MulticlassAccuracy(num_classes, average="none")
+        self.test_confmat = MulticlassConfusionMatrix(num_classes)
+        self._checked_stages: set[str] = set()
+
+    # -- plain PyTorch use ---------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, num_classes)`` of a normalized batch ``(N, in_channels, H, W)``."""
+        output = self.net(images)
+        return output if isinstance(output, torch.Tensor) else output[0]
+
+    # -- checks ----------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        for attr in ("num_classes", "in_channels"):
+            expected = getattr(datamodule, attr, None)
+            if expected is not None and expected != getattr(self, attr):
+                raise ValueError(
+                    f"model {attr}={getattr(self, attr)} but the data ({type(datamodule).__name__}) has "
+                    f"{attr}={expected}. Fix: set model {attr} to {expected}, or leave it out of the config: "
+                    f"train.py links it from the data."
+                )
+
+    def _check_batch(self, stage: str, images: torch.Tensor, labels: torch.Tensor) -> None:
+        if stage in self._checked_stages:
+            return  # first batch of each stage only: the check costs a device sync
+        self._checked_stages.add(stage)
+        if images.ndim != 4 or images.shape[1] != self.in_channels:
+            raise ValueError(
+                f"{stage} batch has shape {tuple(images.shape)}, but the model expects (N, {self.in_channels}, H, W). "
+                f"Fix: set model in_channels={images.shape[1] if images.ndim == 4 else '?'} or convert the images."
+            )
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+            raise ValueError(
+                f"{stage} batch has labels in [{int(labels.min())}, {int(labels.max())}], but the model has "
+                f"num_classes={self.num_classes} (labels 0..{self.num_classes - 1}). Fix: set num_classes to "
+                f"at least {int(labels.max()) + 1}."
+            )
+
+    # -- loops -----------------------------------------------------------------------------------------
+    def compute_loss(self, output: Any, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy on the logits; networks with auxiliary heads add their weighted losses."""
+        aux_loss = getattr(self.net, "aux_loss", None)
+        if aux_loss is not None and not isinstance(output, torch.Tensor):
+            return aux_loss(output, labels, label_smoothing=self.hparams.label_smoothing)
+        return F.cross_entropy(output, labels, label_smoothing=self.hparams.label_smoothing)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        self._check_batch("train", images, labels)
+        output = self.net(images)
+        loss = self.compute_loss(output, labels)
+        logits = output if isinstance(output, torch.Tensor) else output[0]
+        self.train_acc.update(logits.detach(), labels)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        images, labels = batch
+        self._check_batch(stage, images, labels)
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels)
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        metrics.update(logits, labels)
+        # batch_size given explicitly: the mean over an uneven last batch then weighs every sample once.
+        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(labels))
+        self.log_dict(metrics, prog_bar=stage == "val")
+        return logits
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        logits = self._evaluate(batch, "test")
+        self.test_per_class.update(logits, batch[1])
+        self.test_confmat.update(logits, batch[1])
+
+    def on_test_epoch_end(self) -> None:
+        per_class = self.test_per_class.compute()
+        for name, acc in zip(self.class_names, per_class):
+            self.log(f"test/acc_class/{name}", acc)
+        self.test_per_class.reset()
+        confmat = self.test_confmat.compute()
+        self.test_confmat.reset()
+        if self.trainer.is_global_zero:
+            self._save_confusion_matrix(confmat)
+
+    def _save_confusion_matrix(self, confmat: torch.Tensor) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from zoo.utils.plots import plot_confusion_matrix
+
+        fig = plot_confusion_matrix(confmat.cpu(), self.class_names)
+        log_dir = self.trainer.log_dir
+        if log_dir:
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+            fig.savefig(Path(log_dir) / "confusion_matrix.png", dpi=120, bbox_inches="tight")
+        experiment = getattr(self.logger, "experiment", None)
+        if hasattr(experiment, "add_figure"):
+            experiment.add_figure("test/confusion_matrix", fig, global_step=self.global_step)
+        plt.close(fig)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        probs = self(images).softmax(dim=1)
+        confidence, prediction = probs.max(dim=1)
+        return {"prediction": prediction, "confidence": confidence, "probabilities": probs}
+
+    def configure_optimizers(self) -> Any:
+        return build_optimizers(
+            self.parameters(),
+            self.optimizer_factory,
+            self.lr_scheduler_factory,
+            total_steps=lambda: self.trainer.estimated_stepping_batches,
+            interval=self.lr_scheduler_interval,
+        )
