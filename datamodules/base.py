@@ -14,6 +14,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.transforms import random_affine_batch
@@ -22,24 +23,43 @@ from datamodules.transforms import random_affine_batch
 class TensorImageDataset(Dataset):
     """Images ``(N, C, H, W)`` (float, normalized) and integer labels ``(N,)`` held in memory.
 
+    ``source_indices`` (default ``0..N-1``) is each sample's position in the official split it was
+    taken from (``load_split``'s order). With ``return_indices`` set, samples and batches are
+    ``(images, labels, source_indices)`` instead of ``(images, labels)``: what per-sample side data
+    stored by position (a teacher's logits for black-box distillation) is looked up with.
+
     ``__getitems__`` lets the ``DataLoader`` fetch a whole batch with one index operation;
     pair it with :func:`collate_batch`.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        source_indices: torch.Tensor | None = None,
+        return_indices: bool = False,
+    ) -> None:
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        if source_indices is not None and len(source_indices) != len(labels):
+            raise ValueError(f"{len(source_indices)} source indices for {len(labels)} samples")
         self.images = images
         self.labels = labels
+        self.source_indices = torch.arange(len(labels)) if source_indices is None else source_indices.long()
+        self.return_indices = return_indices
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        if self.return_indices:
+            return self.images[index], self.labels[index], self.source_indices[index]
         return self.images[index], self.labels[index]
 
-    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, ...]:
         index = torch.as_tensor(indices, dtype=torch.long)
+        if self.return_indices:
+            return self.images[index], self.labels[index], self.source_indices[index]
         return self.images[index], self.labels[index]
 
 
@@ -60,11 +80,50 @@ def deterministic_split(n: int, holdout: int, seed: int) -> tuple[torch.Tensor, 
     return perm[holdout:].sort().values, perm[:holdout].sort().values
 
 
+def class_balanced_subset(labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:
+    """Sorted positions of a class-balanced random subset of ``size`` samples of ``labels``.
+
+    Every class present gets ``size // num_classes`` samples (the first ``size % num_classes``
+    classes, in label order, one more). The choice depends only on ``labels`` and ``seed`` (its own
+    generator), and subsets of growing ``size`` with one ``seed`` are nested (each class takes a
+    prefix of the same seeded order). A class with too few samples is an error naming it.
+    """
+    classes = labels.unique(sorted=True)
+    if not len(classes) <= size <= len(labels):
+        raise ValueError(
+            f"train_subset must be between the number of classes ({len(classes)}) and the number of "
+            f"training samples ({len(labels):,}); got {size:,}."
+        )
+    per_class, extra = divmod(size, len(classes))
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    picked = []
+    for i, cls in enumerate(classes.tolist()):
+        quota = per_class + (i < extra)
+        members = order[labels[order] == cls]
+        if len(members) < quota:
+            raise ValueError(
+                f"class {cls} has {len(members)} training samples, fewer than the {quota} that a "
+                f"class-balanced train_subset={size:,} needs. Fix: choose train_subset <= "
+                f"{len(members) * len(classes):,}."
+            )
+        picked.append(members[:quota])
+    return torch.cat(picked).sort().values
+
+
 class InMemoryClassificationDataModule(pl.LightningDataModule):
     """Base for small classification sets held in memory. Subclasses implement :meth:`load_split`.
 
     Attributes read by the model through LightningCLI links: ``num_classes``, ``in_channels``,
     ``class_names``.
+
+    Options shared by every subclass besides batching, splitting and augmentation:
+
+    - ``train_subset``: keep only a deterministic class-balanced subset of this many training
+      images (after the validation split; chosen by ``split_seed``, see
+      :func:`class_balanced_subset`), for label-efficiency and transfer experiments. Validation
+      and test sets are unchanged.
+    - ``return_indices``: batches are ``(images, labels, source_indices)``, each sample's position
+      in the official split it came from (see :class:`TensorImageDataset`).
     """
 
     num_classes: int
@@ -84,6 +143,8 @@ class InMemoryClassificationDataModule(pl.LightningDataModule):
         translate_px: float = 2.0,
         scale: float = 0.1,
         eval_batch_size: int = 1000,
+        train_subset: int | None = None,
+        return_indices: bool = False,
     ) -> None:
         super().__init__()
         self.batch_size = batch_size
@@ -95,6 +156,8 @@ class InMemoryClassificationDataModule(pl.LightningDataModule):
         self.rotation_degrees = rotation_degrees
         self.translate_px = translate_px
         self.scale = scale
+        self.train_subset = train_subset
+        self.return_indices = return_indices
         self.train_set: TensorImageDataset | None = None
         self.val_set: TensorImageDataset | None = None
         self.test_set: TensorImageDataset | None = None
@@ -120,9 +183,16 @@ class InMemoryClassificationDataModule(pl.LightningDataModule):
         if stage in (None, "fit", "validate") and self.train_set is None:
             images, labels = self.load_split(train=True)
             train_idx, val_idx = deterministic_split(len(labels), self.val_size, self.split_seed)
+            if self.train_subset is not None:
+                kept = class_balanced_subset(labels[train_idx], self.train_subset, self.split_seed)
+                rank_zero_info(
+                    f"{type(self).__name__}: train_subset={self.train_subset:,} keeps a class-balanced "
+                    f"{len(kept):,} of the {len(train_idx):,} training images (validation unchanged)."
+                )
+                train_idx = train_idx[kept]
             images = self.normalize(images)
-            self.train_set = TensorImageDataset(images[train_idx], labels[train_idx])
-            self.val_set = TensorImageDataset(images[val_idx], labels[val_idx])
+            self.train_set = TensorImageDataset(images[train_idx], labels[train_idx], train_idx)
+            self.val_set = TensorImageDataset(images[val_idx], labels[val_idx], val_idx)
         if stage in (None, "test", "predict") and self.test_set is None:
             images, labels = self.load_split(train=False)
             self.test_set = TensorImageDataset(self.normalize(images), labels)
@@ -130,6 +200,9 @@ class InMemoryClassificationDataModule(pl.LightningDataModule):
     def _loader(self, dataset: TensorImageDataset | None, shuffle: bool, batch_size: int) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for a dataloader")
+        # Read when the loader is made, so that a model may switch it on in its own setup
+        # (zoo.classification.distill does, for black-box distillation).
+        dataset.return_indices = self.return_indices
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -163,6 +236,6 @@ class InMemoryClassificationDataModule(pl.LightningDataModule):
         # Only the training loop augments: validation, test and predict see the images as they are.
         trainer = self.trainer
         if self.augment and trainer is not None and trainer.training:
-            images, labels = batch
-            batch = (self.augment_batch(images), labels)
+            images, *rest = batch  # (images, labels) or (images, labels, source indices)
+            batch = (self.augment_batch(images), *rest)
         return batch

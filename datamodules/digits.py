@@ -33,6 +33,8 @@ class DigitsDataModule(InMemoryClassificationDataModule):
         translate_px: float = 0.5,
         scale: float = 0.05,
         eval_batch_size: int = 512,
+        train_subset: int | None = None,
+        return_indices: bool = False,
     ) -> None:
         super().__init__(
             batch_size=batch_size,
@@ -44,6 +46,8 @@ class DigitsDataModule(InMemoryClassificationDataModule):
             translate_px=translate_px,
             scale=scale,
             eval_batch_size=eval_batch_size,
+            train_subset=train_subset,
+            return_indices=return_indices,
         )
         self.test_size = test_size
 

@@ -96,6 +96,8 @@ class MNISTDataModule(InMemoryClassificationDataModule):
         translate_px: float = 2.0,
         scale: float = 0.1,
         eval_batch_size: int = 1000,
+        train_subset: int | None = None,
+        return_indices: bool = False,
     ) -> None:
         """
         Args:
@@ -107,6 +109,8 @@ class MNISTDataModule(InMemoryClassificationDataModule):
             val_size: images of the official training set held out for validation.
             split_seed: seed of the train/validation split (independent of the training seed).
             augment: random rotation / scale / shift of training batches (never val/test).
+            train_subset: keep a deterministic class-balanced subset of this many training images.
+            return_indices: batches carry each image's index in the official split as a third element.
         """
         super().__init__(
             batch_size=batch_size,
@@ -118,6 +122,8 @@ class MNISTDataModule(InMemoryClassificationDataModule):
             translate_px=translate_px,
             scale=scale,
             eval_batch_size=eval_batch_size,
+            train_subset=train_subset,
+            return_indices=return_indices,
         )
         self.data_dir = resolve_data_dir(data_dir)
         self.download = download

@@ -1,0 +1,138 @@
+"""DenseNet (Huang, Liu, van der Maaten, Weinberger, "Densely Connected Convolutional Networks",
+CVPR 2017), built by torchvision's ``DenseNet`` class: the ImageNet DenseNet-121/169/201 (paper
+table 1, growth rate 32, bottleneck layers and compression 0.5) and, for tiny images, the
+paper's CIFAR DenseNet-BC (L=100, k=12): three dense blocks of 16 bottleneck layers, 24 stem
+filters, about 0.8M parameters (paper table 2).
+
+Small inputs follow the zoo's rule (see ``zoo.classification.models._adapt``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+import torchvision.models as tvm
+from torchvision.models import DenseNet
+
+from zoo.classification.models._adapt import adapt_first_conv, guard_min_input_size
+from zoo.registry import register_model
+
+# Smallest square input that keeps every feature map non-empty (found by probing the network):
+# the ImageNet stem divides by 4 and each of the three transitions' 2x2 average-pools by 2.
+MIN_INPUT_SIZE = 29
+MIN_INPUT_SIZE_SMALL = 8  # three transitions (both the ImageNet and the CIFAR configurations)
+
+
+def _kaiming_normal(weight: torch.Tensor) -> None:
+    nn.init.kaiming_normal_(weight)  # torchvision's DenseNet initialisation
+
+
+def _adapt(model: DenseNet, name: str, in_channels: int, small_input: bool) -> DenseNet:
+    stem = model.features
+    stem.conv0 = adapt_first_conv(stem.conv0, in_channels, small_input, init=_kaiming_normal)
+    if small_input:
+        stem.pool0 = nn.Identity()
+    guard_min_input_size(model, name, MIN_INPUT_SIZE_SMALL if small_input else MIN_INPUT_SIZE, small_input)
+    return model
+
+
+def _imagenet_densenet(
+    tv_builder: Callable[..., DenseNet],
+    name: str,
+    num_classes: int,
+    in_channels: int,
+    small_input: bool,
+    drop_rate: float,
+    memory_efficient: bool,
+) -> DenseNet:
+    model = tv_builder(
+        weights=None, num_classes=num_classes, drop_rate=drop_rate, memory_efficient=memory_efficient
+    )
+    return _adapt(model, name, in_channels, small_input)
+
+
+_SMALL_INPUT = """
+    - ``small_input=False``: the published network (7x7 stride-2 ``features.conv0`` and 3x3
+      stride-2 ``features.pool0``); inputs must be at least 29x29 pixels (a 28x28 image would
+      vanish in the last transition's pooling), smaller ones raise a ``ValueError``.
+    - ``small_input=True``: CIFAR-style stem: ``features.conv0`` becomes 3x3 stride 1 and
+      ``features.pool0`` is removed, so a 32x32 image ends as a 4x4 map (28x28: 3x3).
+
+    ``memory_efficient=True`` recomputes the concatenations in the backward pass (torchvision's
+    checkpointing): slower, much less memory, same state dict.
+    """
+
+
+@register_model("classification", source="torchvision")
+def densenet121(
+    num_classes: int = 1000,
+    in_channels: int = 3,
+    small_input: bool = False,
+    drop_rate: float = 0.0,
+    memory_efficient: bool = False,
+) -> DenseNet:
+    return _imagenet_densenet(
+        tvm.densenet121, "densenet121", num_classes, in_channels, small_input, drop_rate, memory_efficient
+    )
+
+
+@register_model("classification", source="torchvision")
+def densenet169(
+    num_classes: int = 1000,
+    in_channels: int = 3,
+    small_input: bool = False,
+    drop_rate: float = 0.0,
+    memory_efficient: bool = False,
+) -> DenseNet:
+    return _imagenet_densenet(
+        tvm.densenet169, "densenet169", num_classes, in_channels, small_input, drop_rate, memory_efficient
+    )
+
+
+@register_model("classification", source="torchvision")
+def densenet201(
+    num_classes: int = 1000,
+    in_channels: int = 3,
+    small_input: bool = False,
+    drop_rate: float = 0.0,
+    memory_efficient: bool = False,
+) -> DenseNet:
+    return _imagenet_densenet(
+        tvm.densenet201, "densenet201", num_classes, in_channels, small_input, drop_rate, memory_efficient
+    )
+
+
+densenet121.__doc__ = "torchvision's DenseNet-121 (Huang et al. 2017, table 1).\n" + _SMALL_INPUT
+densenet169.__doc__ = "torchvision's DenseNet-169 (Huang et al. 2017, table 1).\n" + _SMALL_INPUT
+densenet201.__doc__ = "torchvision's DenseNet-201 (Huang et al. 2017, table 1).\n" + _SMALL_INPUT
+
+
+@register_model("classification", source="torchvision")
+def densenet_bc100(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    small_input: bool = True,
+    drop_rate: float = 0.0,
+    memory_efficient: bool = False,
+) -> DenseNet:
+    """DenseNet-BC (L=100, k=12) for CIFAR-sized images (Huang et al. 2017, sec. 3 and table 2),
+    built with torchvision's ``DenseNet(growth_rate=12, block_config=(16, 16, 16),
+    num_init_features=24)``; about 0.77M parameters at 10 classes.
+
+    ``small_input=True`` (the default here) is the paper's CIFAR stem, a single 3x3 stride-1
+    convolution (torchvision adds BN-ReLU after it, and its ``pool0`` is removed); inputs of at
+    least 8x8 pixels work. ``small_input=False`` uses torchvision's ImageNet stem (7x7 stride 2 and
+    max-pool) instead, for large images (at least 29x29 pixels).
+    """
+    model = DenseNet(
+        growth_rate=12,
+        block_config=(16, 16, 16),  # type: ignore[arg-type] - any number of dense blocks works
+        num_init_features=24,
+        bn_size=4,
+        drop_rate=drop_rate,
+        num_classes=num_classes,
+        memory_efficient=memory_efficient,
+    )
+    return _adapt(model, "densenet_bc100", in_channels, small_input)

@@ -1,0 +1,72 @@
+"""SqueezeNet (Iandola, Han, Moskewicz, Ashraf, Dally, Keutzer, "SqueezeNet: AlexNet-level
+accuracy with 50x fewer parameters and <0.5MB model size", arXiv:1602.07360, 2016), built by
+torchvision: ``squeezenet1_0`` is the paper's network, ``squeezenet1_1`` the authors' later v1.1
+(3x3 first conv with 64 filters, earlier pooling: 2.4x less computation, same accuracy).
+
+Small inputs follow the zoo's rule (see ``zoo.classification.models._adapt``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+import torchvision.models as tvm
+from torchvision.models import SqueezeNet
+
+from zoo.classification.models._adapt import adapt_first_conv, guard_min_input_size
+from zoo.registry import register_model
+
+# Smallest square inputs that keep every feature map non-empty (found by probing the networks).
+MIN_INPUT_SIZE = {"squeezenet1_0": 21, "squeezenet1_1": 17}
+MIN_INPUT_SIZE_SMALL = {"squeezenet1_0": 5, "squeezenet1_1": 5}
+
+
+def _kaiming_uniform(weight: torch.Tensor) -> None:
+    nn.init.kaiming_uniform_(weight)  # torchvision's SqueezeNet initialisation
+
+
+def _squeezenet(
+    tv_builder: Callable[..., SqueezeNet],
+    name: str,
+    num_classes: int,
+    in_channels: int,
+    small_input: bool,
+    dropout: float,
+) -> SqueezeNet:
+    model = tv_builder(weights=None, num_classes=num_classes, dropout=dropout)
+    model.features[0] = adapt_first_conv(model.features[0], in_channels, small_input, init=_kaiming_uniform)
+    if small_input:
+        model.features[2] = nn.Identity()  # the stem's max-pool
+    min_size = (MIN_INPUT_SIZE_SMALL if small_input else MIN_INPUT_SIZE)[name]
+    guard_min_input_size(model, name, min_size, small_input)
+    return model
+
+
+@register_model("classification", source="torchvision")
+def squeezenet1_0(
+    num_classes: int = 1000, in_channels: int = 3, small_input: bool = False, dropout: float = 0.5
+) -> SqueezeNet:
+    """torchvision's SqueezeNet 1.0 (Iandola et al. 2016, table 1).
+
+    - ``small_input=False``: the published network (7x7 stride-2 conv, then max-pool); inputs
+      must be at least 21x21 pixels, smaller ones raise a ``ValueError``.
+    - ``small_input=True``: CIFAR-style stem: ``features.0`` becomes 3x3 stride 1 and the stem
+      max-pool ``features.2`` is removed, so a 32x32 image ends as a 7x7 map.
+    """
+    return _squeezenet(tvm.squeezenet1_0, "squeezenet1_0", num_classes, in_channels, small_input, dropout)
+
+
+@register_model("classification", source="torchvision")
+def squeezenet1_1(
+    num_classes: int = 1000, in_channels: int = 3, small_input: bool = False, dropout: float = 0.5
+) -> SqueezeNet:
+    """torchvision's SqueezeNet 1.1 (Iandola et al.'s v1.1 release of their 2016 network).
+
+    - ``small_input=False``: the published network (3x3 stride-2 conv, then max-pool); inputs
+      must be at least 17x17 pixels, smaller ones raise a ``ValueError``.
+    - ``small_input=True``: CIFAR-style stem: ``features.0`` becomes 3x3 stride 1 (padding 1)
+      and the stem max-pool ``features.2`` is removed, so a 32x32 image ends as a 7x7 map.
+    """
+    return _squeezenet(tvm.squeezenet1_1, "squeezenet1_1", num_classes, in_channels, small_input, dropout)
