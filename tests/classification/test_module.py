@@ -182,3 +182,15 @@ def test_checkpoint_hparams_are_plain_data(trained_checkpoint):
     hparams = torch.load(trained_checkpoint, map_location="cpu", weights_only=False)["hyper_parameters"]
     assert hparams["backbone"] == "convnet"
     json.dumps({k: v for k, v in hparams.items() if not k.startswith("_")}, default=str)
+
+
+def test_validate_and_predict_subcommands_run_from_a_checkpoint(trained_checkpoint, data_root):
+    common = ["--config", MNIST_CONFIG, f"--data.init_args.data_dir={data_root}", f"--ckpt_path={trained_checkpoint}",
+              "--trainer.logger=false", "--trainer.limit_val_batches=2", "--trainer.limit_predict_batches=2",
+              "--trainer.enable_progress_bar=false"]
+    cli = main(["validate", *common])
+    assert 0.5 < float(cli.trainer.callback_metrics["val/acc"]) <= 1.0
+    cli = main(["predict", *common])
+    outputs = cli.trainer.predict_loop.predictions
+    assert len(outputs) == 2 and outputs[0]["prediction"].shape == (1000,)
+    torch.testing.assert_close(outputs[0]["probabilities"].sum(1), torch.ones(1000))
