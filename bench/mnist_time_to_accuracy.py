@@ -110,8 +110,8 @@ def main_bench() -> None:
         })
         r = runs[-1]
         rows.append([seed, r["time_to_target_s"], r["acc_within_budget"], r["final_acc"], r["train_seconds"]])
-        print(f"run {i + 1}/{args.runs}: " + ", ".join(f"{p['train_seconds']:.1f}s acc {p['test_acc']:.4f}" for p in points),
-              flush=True)
+        progress = ", ".join(f"{p['train_seconds']:.1f}s acc {p['test_acc']:.4f}" for p in points)
+        print(f"run {i + 1}/{args.runs}: {progress}", flush=True)
 
     def median(key: str) -> float | None:
         values = [r[key] for r in runs]
@@ -126,7 +126,8 @@ def main_bench() -> None:
                  summary["median_final_acc"], median("train_seconds")])
     headers = ["seed", f"seconds to {args.target:.1%} test acc", f"test acc within {args.budget:.0f} s",
                "final test acc", "training seconds"]
-    print(f"\nMNIST time to accuracy ({Path(args.config).name}, {machine()['cpu']}, {machine()['torch_threads']} threads)")
+    info = machine()
+    print(f"\nMNIST time to accuracy ({Path(args.config).name}, {info['cpu']}, {info['torch_threads']} threads)")
     print(markdown_table(headers, rows))
     path = write_json("mnist_time_to_accuracy", {
         "config": args.config, "target": args.target, "budget_s": args.budget, "runs": runs, **summary,

@@ -164,7 +164,10 @@ def test_any_torch_optimizer_and_scheduler_from_the_command_line(optimizer, sche
             "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
             "--trainer.logger=false", "--trainer.callbacks=null", "--trainer.enable_checkpointing=false"]
     args += f"--model.init_args.optimizer={optimizer}".split()
-    args += f"--model.init_args.lr_scheduler={scheduler}".split() if scheduler else ["--model.init_args.lr_scheduler=null"]
+    if scheduler:
+        args += f"--model.init_args.lr_scheduler={scheduler}".split()
+    else:
+        args.append("--model.init_args.lr_scheduler=null")
     cli = main(args)
     opt = cli.trainer.optimizers[0]
     assert type(opt).__name__ == optimizer.split()[0].rsplit(".", 1)[1]

@@ -4,7 +4,16 @@ table 1, growth rate 32, bottleneck layers and compression 0.5) and, for tiny im
 paper's CIFAR DenseNet-BC (L=100, k=12): three dense blocks of 16 bottleneck layers, 24 stem
 filters, about 0.8M parameters (paper table 2).
 
-Small inputs follow the zoo's rule (see ``zoo.classification.models._adapt``).
+Small inputs follow the zoo's rule (see ``zoo.classification.models._adapt``):
+
+- ``small_input=False``: the published network (7x7 stride-2 ``features.conv0`` and 3x3 stride-2
+  ``features.pool0``); DenseNet-121/169/201 need inputs of at least 29x29 pixels (a 28x28 image
+  would vanish in the last transition's 2x2 pooling), smaller ones raise a ``ValueError``.
+- ``small_input=True``: CIFAR-style stem: ``features.conv0`` becomes 3x3 stride 1 and
+  ``features.pool0`` is removed, so a 32x32 image ends as a 4x4 map (28x28: 3x3).
+
+``memory_efficient=True`` recomputes the concatenations in the backward pass (torchvision's
+checkpointing): slower, much less memory, same state dict.
 """
 
 from __future__ import annotations
@@ -19,10 +28,11 @@ from torchvision.models import DenseNet
 from zoo.classification.models._adapt import adapt_first_conv, guard_min_input_size
 from zoo.registry import register_model
 
-# Smallest square input that keeps every feature map non-empty (found by probing the network):
-# the ImageNet stem divides by 4 and each of the three transitions' 2x2 average-pools by 2.
-MIN_INPUT_SIZE = 29
-MIN_INPUT_SIZE_SMALL = 8  # three transitions (both the ImageNet and the CIFAR configurations)
+# Smallest square input that keeps every feature map non-empty (found by probing the networks):
+# the ImageNet stem divides by 4 and each transition's 2x2 average-pool by 2; keyed by the number
+# of transitions (3 in the ImageNet DenseNets, 2 in DenseNet-BC-100).
+MIN_INPUT_SIZE = {3: 29, 2: 13}
+MIN_INPUT_SIZE_SMALL = {3: 8, 2: 4}
 
 
 def _kaiming_normal(weight: torch.Tensor) -> None:
@@ -30,11 +40,13 @@ def _kaiming_normal(weight: torch.Tensor) -> None:
 
 
 def _adapt(model: DenseNet, name: str, in_channels: int, small_input: bool) -> DenseNet:
-    stem = model.features
-    stem.conv0 = adapt_first_conv(stem.conv0, in_channels, small_input, init=_kaiming_normal)
+    features = model.features
+    features.conv0 = adapt_first_conv(features.conv0, in_channels, small_input, init=_kaiming_normal)
     if small_input:
-        stem.pool0 = nn.Identity()
-    guard_min_input_size(model, name, MIN_INPUT_SIZE_SMALL if small_input else MIN_INPUT_SIZE, small_input)
+        features.pool0 = nn.Identity()
+    transitions = sum(child.startswith("transition") for child, _ in features.named_children())
+    min_size = (MIN_INPUT_SIZE_SMALL if small_input else MIN_INPUT_SIZE)[transitions]
+    guard_min_input_size(model, name, min_size, small_input)
     return model
 
 
@@ -53,18 +65,6 @@ def _imagenet_densenet(
     return _adapt(model, name, in_channels, small_input)
 
 
-_SMALL_INPUT = """
-    - ``small_input=False``: the published network (7x7 stride-2 ``features.conv0`` and 3x3
-      stride-2 ``features.pool0``); inputs must be at least 29x29 pixels (a 28x28 image would
-      vanish in the last transition's pooling), smaller ones raise a ``ValueError``.
-    - ``small_input=True``: CIFAR-style stem: ``features.conv0`` becomes 3x3 stride 1 and
-      ``features.pool0`` is removed, so a 32x32 image ends as a 4x4 map (28x28: 3x3).
-
-    ``memory_efficient=True`` recomputes the concatenations in the backward pass (torchvision's
-    checkpointing): slower, much less memory, same state dict.
-    """
-
-
 @register_model("classification", source="torchvision")
 def densenet121(
     num_classes: int = 1000,
@@ -73,6 +73,8 @@ def densenet121(
     drop_rate: float = 0.0,
     memory_efficient: bool = False,
 ) -> DenseNet:
+    """torchvision's DenseNet-121 (Huang et al. 2017, table 1); ``small_input`` and
+    ``memory_efficient``: see the module docstring."""
     return _imagenet_densenet(
         tvm.densenet121, "densenet121", num_classes, in_channels, small_input, drop_rate, memory_efficient
     )
@@ -86,6 +88,8 @@ def densenet169(
     drop_rate: float = 0.0,
     memory_efficient: bool = False,
 ) -> DenseNet:
+    """torchvision's DenseNet-169 (Huang et al. 2017, table 1); ``small_input`` and
+    ``memory_efficient``: see the module docstring."""
     return _imagenet_densenet(
         tvm.densenet169, "densenet169", num_classes, in_channels, small_input, drop_rate, memory_efficient
     )
@@ -99,14 +103,11 @@ def densenet201(
     drop_rate: float = 0.0,
     memory_efficient: bool = False,
 ) -> DenseNet:
+    """torchvision's DenseNet-201 (Huang et al. 2017, table 1); ``small_input`` and
+    ``memory_efficient``: see the module docstring."""
     return _imagenet_densenet(
         tvm.densenet201, "densenet201", num_classes, in_channels, small_input, drop_rate, memory_efficient
     )
-
-
-densenet121.__doc__ = "torchvision's DenseNet-121 (Huang et al. 2017, table 1).\n" + _SMALL_INPUT
-densenet169.__doc__ = "torchvision's DenseNet-169 (Huang et al. 2017, table 1).\n" + _SMALL_INPUT
-densenet201.__doc__ = "torchvision's DenseNet-201 (Huang et al. 2017, table 1).\n" + _SMALL_INPUT
 
 
 @register_model("classification", source="torchvision")
@@ -123,8 +124,8 @@ def densenet_bc100(
 
     ``small_input=True`` (the default here) is the paper's CIFAR stem, a single 3x3 stride-1
     convolution (torchvision adds BN-ReLU after it, and its ``pool0`` is removed); inputs of at
-    least 8x8 pixels work. ``small_input=False`` uses torchvision's ImageNet stem (7x7 stride 2 and
-    max-pool) instead, for large images (at least 29x29 pixels).
+    least 4x4 pixels work. ``small_input=False`` uses torchvision's ImageNet stem (7x7 stride 2 and
+    max-pool) instead, for large images (at least 13x13 pixels).
     """
     model = DenseNet(
         growth_rate=12,

@@ -23,8 +23,8 @@ from zoo.classification.models._adapt import adapt_first_conv, guard_min_input_s
 from zoo.registry import register_model
 
 # Smallest square input that keeps every feature map non-empty (found by probing the network).
-MIN_INPUT_SIZE = 17
-MIN_INPUT_SIZE_SMALL = 5
+MIN_INPUT_SIZE = 15
+MIN_INPUT_SIZE_SMALL = 4
 
 
 def _trunc_normal(weight: torch.Tensor) -> None:
@@ -48,7 +48,7 @@ def googlenet(
     logits; use :func:`main_logits` / :func:`googlenet_loss`. ``aux_logits=False`` drops the
     auxiliary heads (then the state dict has no ``aux1.*`` / ``aux2.*`` keys).
 
-    - ``small_input=False``: the published network; inputs must be at least 17x17 pixels
+    - ``small_input=False``: the published network; inputs must be at least 15x15 pixels
       (smaller ones raise a ``ValueError``).
     - ``small_input=True``: CIFAR-style stem: ``conv1`` becomes a 3x3 stride-1 convolution and
       ``maxpool1`` is removed, so a 32x32 image enters inception 3a at 16x16 and ends at 4x4.

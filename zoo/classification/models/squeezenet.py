@@ -20,7 +20,7 @@ from zoo.registry import register_model
 
 # Smallest square inputs that keep every feature map non-empty (found by probing the networks).
 MIN_INPUT_SIZE = {"squeezenet1_0": 21, "squeezenet1_1": 17}
-MIN_INPUT_SIZE_SMALL = {"squeezenet1_0": 5, "squeezenet1_1": 5}
+MIN_INPUT_SIZE_SMALL = {"squeezenet1_0": 4, "squeezenet1_1": 4}
 
 
 def _kaiming_uniform(weight: torch.Tensor) -> None:

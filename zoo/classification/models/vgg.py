@@ -5,6 +5,12 @@ the paper's table 1, and their ``_bn`` versions with batch normalisation after e
 
 Small inputs follow the zoo's rule (see ``zoo.classification.models._adapt``). VGG has no
 separate stem: its first stage (3x3 stride-1 convolutions, then a 2x2 max-pool) plays that role.
+
+- ``small_input=False``: the published network; its five 2x2 max-pools need inputs of at least
+  32x32 pixels (smaller ones raise a ``ValueError``; a 28x28 image would end as a 0x0 map).
+- ``small_input=True``: the first max-pool (end of the first stage) is removed, so a 32x32 image
+  ends as a 2x2 map and a 28x28 one as 1x1 (inputs down to 16x16 work). The first conv is
+  already 3x3 with stride 1, so no weight changes shape (only ``in_channels`` may).
 """
 
 from __future__ import annotations
@@ -40,84 +46,73 @@ def _vgg(
     return model
 
 
-_DOC = """torchvision's {name} (Simonyan & Zisserman 2015, configuration {config}{bn}).
-
-    - ``small_input=False``: the published network; its five 2x2 max-pools need inputs of at
-      least 32x32 pixels (smaller ones raise a ``ValueError``).
-    - ``small_input=True``: the first max-pool (end of the first stage, the "stem") is removed,
-      so a 32x32 image ends as a 2x2 map and a 28x28 one as 1x1 (inputs down to 16x16 work).
-      The first conv is already 3x3 with stride 1, so no weight changes shape.
-    """
-
-
-def _document(config: str, bn: bool) -> Callable[[Callable[..., VGG]], Callable[..., VGG]]:
-    def decorator(builder: Callable[..., VGG]) -> Callable[..., VGG]:
-        bn_text = ", with batch normalisation" if bn else ""
-        builder.__doc__ = _DOC.format(name=builder.__name__, config=config, bn=bn_text)
-        return builder
-
-    return decorator
-
-
 @register_model("classification", source="torchvision")
-@_document("A", bn=False)
 def vgg11(
     num_classes: int = 1000, in_channels: int = 3, small_input: bool = False, dropout: float = 0.5
 ) -> VGG:
+    """torchvision's VGG configuration A (Simonyan & Zisserman 2015, table 1);
+    ``small_input``: see the module docstring."""
     return _vgg(tvm.vgg11, "vgg11", num_classes, in_channels, small_input, dropout)
 
 
 @register_model("classification", source="torchvision")
-@_document("B", bn=False)
 def vgg13(
     num_classes: int = 1000, in_channels: int = 3, small_input: bool = False, dropout: float = 0.5
 ) -> VGG:
+    """torchvision's VGG configuration B (Simonyan & Zisserman 2015, table 1);
+    ``small_input``: see the module docstring."""
     return _vgg(tvm.vgg13, "vgg13", num_classes, in_channels, small_input, dropout)
 
 
 @register_model("classification", source="torchvision")
-@_document("D", bn=False)
 def vgg16(
     num_classes: int = 1000, in_channels: int = 3, small_input: bool = False, dropout: float = 0.5
 ) -> VGG:
+    """torchvision's VGG configuration D (Simonyan & Zisserman 2015, table 1);
+    ``small_input``: see the module docstring."""
     return _vgg(tvm.vgg16, "vgg16", num_classes, in_channels, small_input, dropout)
 
 
 @register_model("classification", source="torchvision")
-@_document("E", bn=False)
 def vgg19(
     num_classes: int = 1000, in_channels: int = 3, small_input: bool = False, dropout: float = 0.5
 ) -> VGG:
+    """torchvision's VGG configuration E (Simonyan & Zisserman 2015, table 1);
+    ``small_input``: see the module docstring."""
     return _vgg(tvm.vgg19, "vgg19", num_classes, in_channels, small_input, dropout)
 
 
 @register_model("classification", source="torchvision")
-@_document("A", bn=True)
 def vgg11_bn(
     num_classes: int = 1000, in_channels: int = 3, small_input: bool = False, dropout: float = 0.5
 ) -> VGG:
+    """torchvision's VGG configuration A with batch normalisation (Simonyan & Zisserman 2015, table 1);
+    ``small_input``: see the module docstring."""
     return _vgg(tvm.vgg11_bn, "vgg11_bn", num_classes, in_channels, small_input, dropout)
 
 
 @register_model("classification", source="torchvision")
-@_document("B", bn=True)
 def vgg13_bn(
     num_classes: int = 1000, in_channels: int = 3, small_input: bool = False, dropout: float = 0.5
 ) -> VGG:
+    """torchvision's VGG configuration B with batch normalisation (Simonyan & Zisserman 2015, table 1);
+    ``small_input``: see the module docstring."""
     return _vgg(tvm.vgg13_bn, "vgg13_bn", num_classes, in_channels, small_input, dropout)
 
 
 @register_model("classification", source="torchvision")
-@_document("D", bn=True)
 def vgg16_bn(
     num_classes: int = 1000, in_channels: int = 3, small_input: bool = False, dropout: float = 0.5
 ) -> VGG:
+    """torchvision's VGG configuration D with batch normalisation (Simonyan & Zisserman 2015, table 1);
+    ``small_input``: see the module docstring."""
     return _vgg(tvm.vgg16_bn, "vgg16_bn", num_classes, in_channels, small_input, dropout)
 
 
 @register_model("classification", source="torchvision")
-@_document("E", bn=True)
 def vgg19_bn(
     num_classes: int = 1000, in_channels: int = 3, small_input: bool = False, dropout: float = 0.5
 ) -> VGG:
+    """torchvision's VGG configuration E with batch normalisation (Simonyan & Zisserman 2015, table 1);
+    ``small_input``: see the module docstring."""
     return _vgg(tvm.vgg19_bn, "vgg19_bn", num_classes, in_channels, small_input, dropout)

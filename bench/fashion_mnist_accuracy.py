@@ -1,0 +1,129 @@
+"""Fashion-MNIST test accuracy of a representative set of classifiers in a fixed CPU budget.
+
+Each model trains on the Fashion-MNIST training split (55,000 images; 5,000 held out for
+validation) for ``--minutes`` of wall time with SGD + Nesterov and a learning rate that follows a
+one-cycle shape over *time* (warm-up over the first 15% of the budget, cosine decay to zero at
+its end), so every model gets a complete schedule whatever its speed. Then the official
+10,000-image test set is evaluated once. Same data pipeline as the zoo's configs
+(in-memory tensors, per-batch random shifts), same ImageClassifier.
+
+    python bench/fashion_mnist_accuracy.py --minutes 10
+    python bench/fashion_mnist_accuracy.py --minutes 2 --models lenet5 resnet20
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import math
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import data_dir, machine, markdown_table, write_json  # noqa: E402
+
+from datamodules import FashionMNISTDataModule  # noqa: E402
+from zoo import get_model_entry  # noqa: E402
+from zoo.classification import ImageClassifier  # noqa: E402
+
+DEFAULT_MODELS = ["lenet5", "nin", "resnet20", "densenet_small", "seresnet50", "mobilenet_v2"]
+
+
+class TimeBudget(pl.Callback):
+    """Sets the learning rate from the elapsed fraction of a wall-time budget and stops at its end."""
+
+    def __init__(self, seconds: float, max_lr: float, warmup: float = 0.15) -> None:
+        self.seconds, self.max_lr, self.warmup = seconds, max_lr, warmup
+        self.start = 0.0
+        self.steps = 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.start = time.perf_counter()
+
+    def lr_at(self, fraction: float) -> float:
+        if fraction < self.warmup:
+            return self.max_lr * max(fraction / self.warmup, 0.04)
+        return self.max_lr * 0.5 * (1 + math.cos(math.pi * (fraction - self.warmup) / (1 - self.warmup)))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        fraction = (time.perf_counter() - self.start) / self.seconds
+        if fraction >= 1:
+            trainer.should_stop = True
+            return -1  # Lightning: skip the rest of the epoch
+        for group in trainer.optimizers[0].param_groups:
+            group["lr"] = self.lr_at(fraction)
+        self.steps += 1
+        return None
+
+
+def evaluate(model: ImageClassifier, dm: FashionMNISTDataModule) -> float:
+    model.eval()
+    correct = 0
+    with torch.inference_mode():
+        for images, labels in dm.test_dataloader():
+            correct += int((model(images).argmax(1) == labels).sum())
+    return correct / len(dm.test_set)
+
+
+def run(name: str, minutes: float, data: str, max_lr: float, batch_size: int) -> dict:
+    pl.seed_everything(0, verbose=False)
+    dm = FashionMNISTDataModule(data_dir=data, download=False, batch_size=batch_size,
+                                rotation_degrees=0.0, translate_px=2.0, scale=0.0)
+    kwargs = {}
+    if "small_input" in inspect.signature(get_model_entry(name).builder).parameters:
+        kwargs["small_input"] = True
+    model = ImageClassifier(
+        backbone=name, num_classes=10, in_channels=1, backbone_kwargs=kwargs, label_smoothing=0.1,
+        optimizer=partial(torch.optim.SGD, lr=max_lr, momentum=0.9, nesterov=True, weight_decay=5e-4),
+        class_names=dm.class_names,
+    )
+    budget = TimeBudget(minutes * 60, max_lr)
+    trainer = pl.Trainer(max_epochs=1000, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[budget])
+    start = time.perf_counter()
+    trainer.fit(model, dm)
+    seconds = time.perf_counter() - start
+    dm.setup("test")
+    return {
+        "model": name,
+        "params": sum(p.numel() for p in model.net.parameters()),
+        "backbone_kwargs": kwargs,
+        "steps": budget.steps,
+        "epochs": budget.steps * batch_size / len(dm.train_set),
+        "train_seconds": seconds,
+        "test_acc": evaluate(model, dm),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="*", default=DEFAULT_MODELS)
+    parser.add_argument("--minutes", type=float, default=10.0, help="training budget per model")
+    parser.add_argument("--max-lr", type=float, default=0.05)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--data-dir")
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    data = data_dir(args.data_dir)
+    results = []
+    for name in args.models:
+        results.append(run(name, args.minutes, data, args.max_lr, args.batch_size))
+        print(results[-1], flush=True)
+    info = machine()
+    rows = [[r["model"], r["params"] / 1e6, r["epochs"], r["train_seconds"], r["test_acc"]] for r in results]
+    print(f"\nFashion-MNIST, {args.minutes:g} min of training per model ({info['date']}, {info['cpu']}, "
+          f"{info['torch_threads']} threads)")
+    print(markdown_table(["model", "params (M)", "epochs", "train s", "test acc"], rows))
+    path = write_json("fashion_mnist_accuracy", {"minutes": args.minutes, "max_lr": args.max_lr,
+                                                 "batch_size": args.batch_size, "results": results}, args.out)
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
