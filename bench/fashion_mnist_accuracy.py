@@ -31,7 +31,7 @@ from datamodules import FashionMNISTDataModule  # noqa: E402
 from zoo import get_model_entry  # noqa: E402
 from zoo.classification import ImageClassifier  # noqa: E402
 
-DEFAULT_MODELS = ["lenet5", "nin", "resnet20", "densenet_small", "seresnet50", "mobilenet_v2"]
+DEFAULT_MODELS = ["lenet5", "nin", "resnet20", "densenet_bc100", "seresnet50", "mobilenet_v2"]
 
 
 class TimeBudget(pl.Callback):
