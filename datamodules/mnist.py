@@ -181,7 +181,8 @@ class MNISTDataModule(InMemoryClassificationDataModule):
             )
         if int(labels.max()) >= self.num_classes:
             raise CorruptFileError(
-                f"{label_path} has label {int(labels.max())}, but {self.folder} has {self.num_classes} classes."
+                f"{label_path} has label {int(labels.max())}, but {self.folder} has "
+                f"{self.num_classes} classes."
             )
         return images.unsqueeze(1), labels.long()
 

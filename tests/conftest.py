@@ -40,6 +40,18 @@ def fashion_root() -> Path:
     return _require("fashion_mnist")
 
 
+@pytest.fixture(scope="session")
+def isbi_root() -> Path:
+    """The ISBI 2012 EM membrane folder (``train/image``, ``train/label``, ``test``)."""
+    return _require("isbi2012_em_membrane") / "isbi2012_em_membrane"
+
+
+@pytest.fixture(scope="session")
+def dsb_root() -> Path:
+    """The DSB2018 nuclei folder (``stage1_train/<id>/{images,masks}``)."""
+    return _require("dsb2018_nuclei") / "dsb2018_nuclei"
+
+
 @pytest.fixture(autouse=True)
 def _quiet_and_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Runs write logs and checkpoints into the working directory: keep them in tmp.

@@ -33,7 +33,7 @@ class ZooCLI(LightningCLI):
         module_name, _, class_name = model["class_path"].rpartition(".")
         model_class = getattr(importlib.import_module(module_name), class_name, None)
         family = getattr(model_class, "model_family", None)
-        name = (model.get("init_args") or {}).get("backbone")
+        name = (model.get("init_args") or {}).get(getattr(model_class, "model_name_arg", "backbone"))
         if family and isinstance(name, str):
             get_model_entry(name, family)
 

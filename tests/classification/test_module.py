@@ -197,3 +197,38 @@ def test_validate_and_predict_subcommands_run_from_a_checkpoint(trained_checkpoi
     outputs = cli.trainer.predict_loop.predictions
     assert len(outputs) == 2 and outputs[0]["prediction"].shape == (1000,)
     torch.testing.assert_close(outputs[0]["probabilities"].sum(1), torch.ones(1000))
+
+
+def test_googlenet_aux_losses_are_weighted_in_training_only():
+    torch.manual_seed(0)
+    model = ImageClassifier(backbone="googlenet", num_classes=10, in_channels=3, aux_loss_weight=0.3)
+    images, labels = torch.randn(2, 3, 64, 64), torch.tensor([1, 2])
+    model.train()
+    output = model.net(images)
+    main, aux1, aux2 = (torch.nn.functional.cross_entropy(o, labels) for o in output)
+    torch.testing.assert_close(model.compute_loss(output, labels), main + 0.3 * (aux1 + aux2))
+    model.eval()
+    with torch.no_grad():
+        logits = model(images)
+    assert logits.shape == (2, 10)
+    torch.testing.assert_close(model.compute_loss(logits, labels), torch.nn.functional.cross_entropy(logits, labels))
+
+
+def test_checkpoint_of_a_module_built_in_python_loads_with_weights_only(tmp_path):
+    from functools import partial
+
+    model = ImageClassifier(
+        optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.9),
+        lr_scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=1),
+    )
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, DigitsDataModule())
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    hparams = torch.load(tmp_path / "m.ckpt", weights_only=True)["hyper_parameters"]
+    assert hparams["optimizer"] == {"class_path": "torch.optim.sgd.SGD", "init_args": {"lr": 0.05, "momentum": 0.9}}
+    restored = ImageClassifier.load_from_checkpoint(tmp_path / "m.ckpt")
+    for a, b in zip(model.state_dict().values(), restored.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+    optimizer = restored.configure_optimizers()["optimizer"]
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["momentum"] == 0.9

@@ -9,11 +9,21 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from zoo.classification.finetune import (
+    FreezeUnfreeze,
+    LoadReport,
+    is_restoring_from_checkpoint,
+    load_pretrained,
+    resolve_freeze_depth,
+    restoring_from_checkpoint,
+)
+from zoo.classification.models.googlenet import googlenet_loss, main_logits
 from zoo.registry import create_model
-from zoo.utils.optim import build_optimizers
+from zoo.utils.optim import as_factory, build_optimizers, factory_spec
 
 
 class ImageClassifier(pl.LightningModule):
@@ -34,6 +44,19 @@ class ImageClassifier(pl.LightningModule):
             from the trainer when not given, and steps per batch.
         lr_scheduler_interval: ``auto`` (per step for OneCycleLR/CyclicLR, else per epoch).
         class_names: names for per-class metrics and figures; linked from the datamodule.
+        pretrained: path of a local weights file loaded into the network after it is built
+            (``zoo.classification.finetune.load_pretrained``): a torchvision / timm state dict, a
+            dict holding one under ``state_dict`` / ``model``, or a zoo checkpoint (e.g. an MNIST
+            run, to fine-tune on Fashion-MNIST). A classifier head of another ``num_classes`` is
+            left freshly initialised; any other mismatch is an error. ``load_from_checkpoint``
+            does not read this file again (the checkpoint holds the trained weights), so a
+            fine-tuned checkpoint reloads without it.
+        freeze_stages: freeze the network's first N stages (``finetune.stages``; ``-1``: all of
+            them, i.e. train only the head) before training. 0 freezes nothing.
+        unfreeze_at_epoch: epoch (0-based) at which the frozen stages start training, in a new
+            optimizer parameter group; ``None``: they stay frozen.
+        unfreeze_lr_factor: learning rate of the unfrozen stages relative to the current one.
+        aux_loss_weight: weight of auxiliary classifiers' losses in training (GoogLeNet: 0.3).
     """
 
     model_family = "classification"  # the registry family that ``backbone`` names are looked up in
@@ -49,20 +72,41 @@ class ImageClassifier(pl.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: Literal["auto", "step", "epoch"] = "auto",
         class_names: list[str] | None = None,
+        pretrained: str | None = None,
+        freeze_stages: int = 0,
+        unfreeze_at_epoch: int | None = None,
+        unfreeze_lr_factor: float = 0.1,
+        aux_loss_weight: float = 0.3,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        for key in ("optimizer", "lr_scheduler"):
+            # plain data in the checkpoint (class path + arguments), not a pickled class or partial
+            self.hparams[key] = factory_spec(self.hparams[key])
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class_names given for num_classes={num_classes}")
         self.num_classes = num_classes
+        self.aux_loss_weight = aux_loss_weight
         self.in_channels = in_channels
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.net = create_model(
             backbone, family="classification", num_classes=num_classes, in_channels=in_channels,
             **(backbone_kwargs or {}),
         )
-        self.optimizer_factory = optimizer
-        self.lr_scheduler_factory = lr_scheduler
+        self.pretrained_report: LoadReport | None = None
+        if pretrained and not is_restoring_from_checkpoint():
+            self.pretrained_report = load_pretrained(self.net, pretrained)
+            rank_zero_info(f"{backbone}: {self.pretrained_report}")
+        if freeze_stages:
+            FreezeUnfreeze(freeze_stages, unfreeze_at_epoch, unfreeze_lr_factor)  # checks the arguments
+            resolve_freeze_depth(self.net, freeze_stages)  # a depth beyond the stages fails here, not at fit
+            if not pretrained:
+                rank_zero_warn(
+                    f"freeze_stages={freeze_stages} without pretrained weights freezes randomly initialised "
+                    "layers. Fix: set pretrained to a weights file (or freeze_stages to 0)."
+                )
+        self.optimizer_factory = as_factory(optimizer)
+        self.lr_scheduler_factory = as_factory(lr_scheduler)
         self.lr_scheduler_interval = lr_scheduler_interval
         top5 = min(5, num_classes)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -76,11 +120,25 @@ class ImageClassifier(pl.LightningModule):
         self.test_confmat = MulticlassConfusionMatrix(num_classes)
         self._checked_stages: set[str] = set()
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Lightning's ``load_from_checkpoint``; files named by the hyperparameters (``pretrained``,
+        a distillation teacher) are not read: the checkpoint's state dict holds the weights."""
+        with restoring_from_checkpoint():
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """The freeze/unfreeze schedule, when ``freeze_stages`` asks for one."""
+        hp = self.hparams
+        fitting = self._trainer is None or self.trainer.state.fn == "fit"
+        if not hp.get("freeze_stages") or not fitting:
+            return []
+        return [FreezeUnfreeze(hp.freeze_stages, hp.unfreeze_at_epoch, hp.unfreeze_lr_factor)]
+
     # -- plain PyTorch use ---------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits ``(N, num_classes)`` of a normalized batch ``(N, in_channels, H, W)``."""
-        output = self.net(images)
-        return output if isinstance(output, torch.Tensor) else output[0]
+        return main_logits(self.net(images))
 
     # -- checks ----------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -100,8 +158,9 @@ class ImageClassifier(pl.LightningModule):
         self._checked_stages.add(stage)
         if images.ndim != 4 or images.shape[1] != self.in_channels:
             raise ValueError(
-                f"{stage} batch has shape {tuple(images.shape)}, but the model expects (N, {self.in_channels}, H, W). "
-                f"Fix: set model in_channels={images.shape[1] if images.ndim == 4 else '?'} or convert the images."
+                f"{stage} batch has shape {tuple(images.shape)}, but the model expects "
+                f"(N, {self.in_channels}, H, W). Fix: set model "
+                f"in_channels={images.shape[1] if images.ndim == 4 else '?'} or convert the images."
             )
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
             raise ValueError(
@@ -112,25 +171,28 @@ class ImageClassifier(pl.LightningModule):
 
     # -- loops -----------------------------------------------------------------------------------------
     def compute_loss(self, output: Any, labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy on the logits; networks with auxiliary heads add their weighted losses."""
-        aux_loss = getattr(self.net, "aux_loss", None)
-        if aux_loss is not None and not isinstance(output, torch.Tensor):
-            return aux_loss(output, labels, label_smoothing=self.hparams.label_smoothing)
-        return F.cross_entropy(output, labels, label_smoothing=self.hparams.label_smoothing)
+        """Cross-entropy on the logits; networks with auxiliary heads (GoogLeNet in training) add
+        their losses weighted by ``aux_loss_weight`` (Szegedy et al. 2015, sec. 5)."""
+        smoothing = self.hparams.label_smoothing
+
+        def criterion(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(logits, target, label_smoothing=smoothing)
+
+        return googlenet_loss(output, labels, criterion, aux_weight=self.aux_loss_weight)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        images, labels = batch
+        images, labels = batch[0], batch[1]  # a third element (sample indices) is not needed here
         self._check_batch("train", images, labels)
         output = self.net(images)
         loss = self.compute_loss(output, labels)
-        logits = output if isinstance(output, torch.Tensor) else output[0]
+        logits = main_logits(output)
         self.train_acc.update(logits.detach(), labels)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
 
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
-        images, labels = batch
+        images, labels = batch[0], batch[1]
         self._check_batch(stage, images, labels)
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
@@ -151,7 +213,7 @@ class ImageClassifier(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         per_class = self.test_per_class.compute()
-        for name, acc in zip(self.class_names, per_class):
+        for name, acc in zip(self.class_names, per_class, strict=True):
             self.log(f"test/acc_class/{name}", acc)
         self.test_per_class.reset()
         confmat = self.test_confmat.compute()
@@ -184,8 +246,13 @@ class ImageClassifier(pl.LightningModule):
         return {"prediction": prediction, "confidence": confidence, "probabilities": probs}
 
     def configure_optimizers(self) -> Any:
+        # Only trainable parameters: frozen stages (FreezeUnfreeze freezes them before this runs)
+        # join the optimizer as their own parameter group when they are unfrozen.
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(f"{type(self).__name__} has no trainable parameters: everything is frozen.")
         return build_optimizers(
-            self.parameters(),
+            params,
             self.optimizer_factory,
             self.lr_scheduler_factory,
             total_steps=lambda: self.trainer.estimated_stepping_batches,

@@ -9,6 +9,7 @@ number of optimizer steps that OneCycleLR needs) and choosing the scheduler's in
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
@@ -28,6 +29,31 @@ def target_class(factory: Callable[..., Any]) -> type | None:
             if isinstance(arg, type):
                 return arg
     return None
+
+
+def factory_spec(factory: Any) -> Any:
+    """``{"class_path": ..., "init_args": {...}}`` for a class or a partial of one (what YAML holds),
+    so that hyperparameters saved in a checkpoint are plain data that ``torch.load(weights_only=True)``
+    reads; anything else (already a spec, ``None``, a lambda) is returned unchanged."""
+    cls = target_class(factory) if factory is not None and not isinstance(factory, dict) else None
+    if cls is None:
+        return factory
+    init_args = dict(factory.keywords) if isinstance(factory, functools.partial) else {}
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
+
+
+def as_factory(spec: Any) -> Any:
+    """The inverse of :func:`factory_spec`: a ``{"class_path", "init_args"}`` dict becomes a partial."""
+    if not isinstance(spec, dict):
+        return spec
+    if "class_path" not in spec:
+        raise ValueError(f"an optimizer/scheduler given as a dict needs a 'class_path' key, got {sorted(spec)}")
+    module_name, _, class_name = spec["class_path"].rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"cannot import {spec['class_path']!r}: {err}") from err
+    return functools.partial(cls, **(spec.get("init_args") or {}))
 
 
 def build_optimizers(
