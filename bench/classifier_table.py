@@ -132,7 +132,10 @@ def main() -> None:
                 row[f"infer_ips_{size}"] = infer_throughput(build(name, size), size, args)
             except ValueError as err:  # a network that refuses an input size says why
                 row[f"error_{size}"] = str(err).splitlines()[0]
-        if entry.source == "torchvision" and not args.no_ratio and 224 in args.sizes:
+        import torchvision
+
+        has_twin = entry.source == "torchvision" and hasattr(torchvision.models, name)  # densenet_bc100 has none
+        if has_twin and not args.no_ratio and 224 in args.sizes:
             row["zoo_vs_torchvision"] = torchvision_ratio(name, args)
         results.append(row)
         print(name, {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items() if k != "model"},

@@ -44,3 +44,131 @@ def random_affine_batch(
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     warped = F.grid_sample(images - fill, grid, align_corners=False, padding_mode="zeros")
     return warped + fill
+
+
+# -- segmentation: albumentations pipelines (image, mask and weight map stay aligned) ------------------
+# Per-sample numpy pipelines for large images that are cropped at random: albumentations moves the
+# masks with the image (nearest-neighbour for masks, so class labels stay integers). albumentations
+# takes ~2 s to import, so it is imported on first use, not with this module (MNIST never needs it).
+
+import functools  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+
+@functools.cache
+def _coarse_grid_elastic_class() -> type:
+    import albumentations as A
+    import cv2
+    from scipy import ndimage
+
+    class CoarseGridElastic(A.DualTransform):
+        """The U-Net paper's elastic deformation (Ronneberger et al. 2015, sec. 3.1): random
+        displacement vectors on a coarse ``grid x grid`` grid (3 x 3 in the paper), drawn from a
+        Gaussian with ``sigma`` pixels standard deviation (10 in the paper); per-pixel displacements
+        by bicubic interpolation of the grid (its points on the image corners, edge midpoints and
+        centre).
+
+        Hand-written because albumentations' ``ElasticTransform`` is Simard et al.'s model (per-pixel
+        random fields smoothed by a Gaussian), not this coarse-grid one. The image is resampled
+        bicubically, masks (and weight maps passed as masks) with nearest neighbours; pixels pulled
+        from outside the image are mirrored.
+        """
+
+        def __init__(self, grid: int = 3, sigma: float = 10.0, p: float = 1.0) -> None:
+            super().__init__(p=p)
+            if grid < 2:
+                raise ValueError(f"grid must be at least 2 (points on both edges), got {grid}")
+            self.grid = grid
+            self.sigma = sigma
+
+        def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
+            h, w = params["shape"][:2]
+            coarse = self.random_generator.normal(0.0, self.sigma, size=(2, self.grid, self.grid))
+            # bicubic: an order-3 spline through the grid points, grid corners on the image corners
+            factors = (h / self.grid, w / self.grid)
+            dy, dx = (
+                ndimage.zoom(c, factors, order=3, mode="nearest", grid_mode=False)[:h, :w] for c in coarse
+            )
+            ys, xs = np.meshgrid(np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32),
+                                 indexing="ij")
+            return {"map_x": xs + dx.astype(np.float32), "map_y": ys + dy.astype(np.float32)}
+
+        def apply(self, img: np.ndarray, map_x: np.ndarray, map_y: np.ndarray, **params: Any) -> np.ndarray:
+            out = cv2.remap(img, map_x, map_y, interpolation=cv2.INTER_CUBIC,
+                            borderMode=cv2.BORDER_REFLECT_101)
+            return out.reshape(img.shape)
+
+        def apply_to_mask(
+            self, mask: np.ndarray, map_x: np.ndarray, map_y: np.ndarray, **params: Any
+        ) -> np.ndarray:
+            out = cv2.remap(mask, map_x, map_y, interpolation=cv2.INTER_NEAREST,
+                            borderMode=cv2.BORDER_REFLECT_101)
+            return out.reshape(mask.shape)
+
+        def get_transform_init_args_names(self) -> tuple[str, ...]:
+            return ("grid", "sigma")
+
+    CoarseGridElastic.__module__ = __name__
+    CoarseGridElastic.__qualname__ = "CoarseGridElastic"  # picklable through the module __getattr__
+    return CoarseGridElastic
+
+
+def __getattr__(name: str) -> Any:
+    # ``from datamodules.transforms import CoarseGridElastic`` builds the class (and imports
+    # albumentations) on first use.
+    if name == "CoarseGridElastic":
+        return _coarse_grid_elastic_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def segmentation_train_transform(
+    crop_size: int,
+    elastic: bool = True,
+    elastic_grid: int = 3,
+    elastic_sigma: float = 10.0,
+    flips: bool = True,
+    brightness_contrast: float = 0.1,
+) -> Any:
+    """The training augmentation of the segmentation datamodules (an ``albumentations.Compose``),
+    applied to ``image`` (H, W, C) uint8, ``mask`` (H, W) and ``weight`` (H, W, the U-Net weight
+    map, moved like a mask):
+
+    the paper's coarse-grid elastic deformation over the whole image (``CoarseGridElastic``),
+    a random ``crop_size`` crop (mirror-padded first when the image is smaller), flips and 90-degree
+    rotations (shift and rotation invariance, sec. 3.1) and brightness / contrast jitter (the
+    paper's "gray value variations"). Validation and test data are never passed through it.
+    """
+    import albumentations as A
+    import cv2
+
+    steps: list[Any] = []
+    if elastic:
+        steps.append(_coarse_grid_elastic_class()(elastic_grid, elastic_sigma, p=1.0))
+    steps += [
+        A.PadIfNeeded(crop_size, crop_size, border_mode=cv2.BORDER_REFLECT_101),
+        A.RandomCrop(crop_size, crop_size),
+    ]
+    if flips:
+        steps += [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=0.5)]
+    if brightness_contrast > 0:
+        steps.append(A.RandomBrightnessContrast(brightness_contrast, brightness_contrast, p=0.5))
+    return A.Compose(steps, additional_targets={"weight": "mask"})
+
+
+def seed_transform(transform: Any, seed: int) -> None:
+    """Seed an albumentations pipeline reproducibly, with an independent stream per step.
+
+    albumentations' ``Compose.set_random_seed`` gives every step the *same* seed, which couples
+    their draws (two flips with p=0.5 would always flip together); this spawns one seed per step.
+    """
+    steps = list(getattr(transform, "transforms", []))
+    children = np.random.SeedSequence(seed).spawn(len(steps) + 1)
+    transform.set_random_seed(int(children[0].generate_state(1)[0]))
+    for step, child in zip(steps, children[1:], strict=True):
+        step_seed = int(child.generate_state(1)[0])
+        if hasattr(step, "transforms"):
+            seed_transform(step, step_seed)
+        else:
+            step.set_random_seed(step_seed)

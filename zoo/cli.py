@@ -16,6 +16,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 import datamodules  # noqa: F401  (registers the datamodules for short class names)
 import zoo.classification  # noqa: F401
+import zoo.segmentation  # noqa: F401
 from zoo.registry import get_model_entry
 
 # Attributes that a datamodule may define and a model may take: linked when both have them.

@@ -62,9 +62,10 @@ def test_augment_false_leaves_training_batches_untouched():
 
 
 def test_random_affine_with_zero_ranges_is_the_identity():
-    images = torch.randn(4, 1, 28, 28)
+    images = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     out = random_affine_batch(images, degrees=0, translate_px=0, scale=0)
-    torch.testing.assert_close(out, images, atol=1e-5, rtol=0)
+    # the identity grid samples pixel centres up to float32 rounding of the grid coordinates
+    torch.testing.assert_close(out, images, atol=1e-4, rtol=0)
 
 
 def test_random_affine_shifts_by_at_most_translate_px():

@@ -1,0 +1,40 @@
+"""Semantic segmentation: networks (``zoo.segmentation.models``), the U-Net loss and weight map,
+overlap-tile inference, metrics and the :class:`SemanticSegmenter` LightningModule.
+
+>>> from zoo.segmentation import UNet, PSPNet, WeightedPixelLoss, unet_weight_map, predict_tiled
+"""
+
+from zoo.segmentation.losses import WeightedPixelLoss, WeightMapCache, build_loss, unet_weight_map
+from zoo.segmentation.metrics import PixelError, RandError, adapted_rand_error, pixel_error, rand_error
+from zoo.segmentation.models import (
+    PSPNet,
+    UNet,
+    build_smp,
+    nearest_valid_sizes,
+    unet_input_size,
+    unet_output_size,
+)
+from zoo.segmentation.module import SemanticSegmenter
+from zoo.segmentation.tiling import mirror_pad, predict_tiled, predict_whole
+
+__all__ = [
+    "PSPNet",
+    "PixelError",
+    "RandError",
+    "SemanticSegmenter",
+    "UNet",
+    "WeightMapCache",
+    "WeightedPixelLoss",
+    "adapted_rand_error",
+    "build_loss",
+    "build_smp",
+    "mirror_pad",
+    "nearest_valid_sizes",
+    "pixel_error",
+    "predict_tiled",
+    "predict_whole",
+    "rand_error",
+    "unet_input_size",
+    "unet_output_size",
+    "unet_weight_map",
+]

@@ -1,0 +1,366 @@
+"""SemanticSegmenter: any registered segmentation network, loss by name, any torch optimizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from torchmetrics.classification import MulticlassJaccardIndex
+from torchmetrics.segmentation import DiceScore
+
+from zoo.registry import create_model
+from zoo.segmentation.losses import build_loss
+from zoo.segmentation.metrics import PixelError, RandError
+from zoo.segmentation.models.unet import center_crop
+from zoo.segmentation.tiling import predict_tiled
+from zoo.utils.optim import build_optimizers
+
+# class colours of masks, overlays and the validation grid (class 0 first)
+PALETTE = np.array(
+    [
+        [0, 0, 0],
+        [255, 255, 255],
+        [230, 25, 75],
+        [60, 180, 75],
+        [255, 225, 25],
+        [0, 130, 200],
+        [245, 130, 48],
+        [145, 30, 180],
+        [70, 240, 240],
+        [240, 50, 230],
+        [210, 245, 60],
+        [250, 190, 212],
+    ],
+    dtype=np.uint8,
+)
+OVERLAY_COLOURS = np.array(
+    [[0, 0, 0], [0, 200, 255], [255, 60, 60], [60, 220, 60], [255, 200, 0], [200, 80, 255]], dtype=np.uint8
+)
+
+
+def class_colours(num_classes: int, table: np.ndarray = PALETTE) -> np.ndarray:
+    """``(num_classes, 3)`` uint8 colours (repeating the table when there are more classes)."""
+    return table[np.arange(num_classes) % len(table)]
+
+
+class SemanticSegmenter(pl.LightningModule):
+    """Train, evaluate and run a semantic segmentation network from the registry.
+
+    Training runs the network on the datamodule's crops; a valid-convolution network's smaller
+    output is compared with the centre of the mask (and weight map). Validation, test and predict
+    segment whole images of any size with :func:`zoo.segmentation.predict_tiled` (``tile_size``
+    None: one mirror-padded pass over the whole image).
+
+    Logs ``train/loss``; ``{val,test}/loss``, ``/pixel_error``, ``/rand_error`` (ISBI
+    foreground-restricted, cells = components of ``foreground_class``), ``/iou`` and ``/dice`` (mean
+    over classes) and per class ``/iou_<name>``, ``/dice_<name>`` (torchmetrics); and, each
+    validation epoch, a grid of image / ground truth / prediction / weight map (TensorBoard).
+
+    ``predict`` writes ``<name>_mask.png`` (two classes: 0 / 255 grayscale, e.g. ISBI's polarity
+    0 membrane / 255 cell; more classes: a palette PNG whose pixel values are the class indices)
+    and ``<name>_overlay.png`` (the image with the classes other than 0 tinted) to ``output_dir``.
+
+    Args:
+        network: registered name (``zoo.list_models(family="segmentation")``: ``unet``, ``unet_same``,
+            ``pspnet``, ``smp_unet``, ``smp_fpn``, ...).
+        num_classes, in_channels, class_names: linked from the datamodule by ``train.py``.
+        network_kwargs: extra keyword arguments of the network's builder.
+        loss: ``ce``, ``weighted_ce`` (the U-Net loss with weight maps: set ``weight_maps: true`` in
+            the data), ``dice``, ``jaccard``, ``focal``, ``lovasz``, ``tversky``, or a sum such as
+            ``weighted_ce+dice`` (:func:`zoo.segmentation.losses.build_loss`).
+        loss_kwargs: keyword arguments of the loss.
+        optimizer, lr_scheduler, lr_scheduler_interval: as in ``ImageClassifier``.
+        foreground_class: class whose connected components are the objects of the Rand error; None
+            skips the Rand error.
+        tile_size, tile_overlap, tile_batch_size: tiling of validation / test / predict images.
+        tta_flips: average predictions over flips at predict time (test-time augmentation).
+        output_dir: where ``predict`` writes; default ``<log dir>/predictions``.
+        log_images: images in the validation grid (0: none).
+    """
+
+    model_family = "segmentation"  # the registry family that ``network`` names are looked up in
+    model_name_arg = "network"  # the init argument holding the registry name (checked by zoo.cli)
+
+    def __init__(
+        self,
+        network: str = "unet",
+        num_classes: int = 2,
+        in_channels: int = 1,
+        network_kwargs: dict[str, Any] | None = None,
+        loss: str = "ce",
+        loss_kwargs: dict[str, Any] | None = None,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lr_scheduler_interval: Literal["auto", "step", "epoch"] = "auto",
+        class_names: list[str] | None = None,
+        foreground_class: int | None = 1,
+        tile_size: int | None = None,
+        tile_overlap: int = 64,
+        tile_batch_size: int = 4,
+        tta_flips: bool = False,
+        output_dir: str | None = None,
+        log_images: int = 4,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class_names given for num_classes={num_classes}")
+        if foreground_class is not None and not 0 <= foreground_class < num_classes:
+            raise ValueError(f"foreground_class={foreground_class} is not a class index of num_classes={num_classes}")
+        reserved = {"num_classes", "in_channels"} & set(network_kwargs or {})
+        if reserved:
+            raise ValueError(f"network_kwargs must not set {sorted(reserved)}: they are arguments of the model itself")
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        self.net = create_model(
+            network,
+            family="segmentation",
+            num_classes=num_classes,
+            in_channels=in_channels,
+            **(network_kwargs or {}),
+        )
+        self.loss_fn = build_loss(loss, loss_kwargs)
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.lr_scheduler_interval = lr_scheduler_interval
+        self.val_metrics = self._metrics()
+        self.test_metrics = self._metrics()
+        self._checked_stages: set[str] = set()
+        self._grid: list[tuple[torch.Tensor, ...]] = []
+
+    def _metrics(self) -> torch.nn.ModuleDict:
+        k = self.num_classes
+        metrics = {
+            "pixel_error": PixelError(),
+            "iou": MulticlassJaccardIndex(k, average="none"),
+            "dice": DiceScore(k, average="none", aggregation_level="global", input_format="index"),
+        }
+        if self.hparams.foreground_class is not None:
+            metrics["rand_error"] = RandError(self.hparams.foreground_class)
+        return torch.nn.ModuleDict(metrics)
+
+    @property
+    def aux_weight(self) -> float:
+        return float(getattr(self.net, "aux_weight", 0.0))
+
+    # -- plain PyTorch use ---------------------------------------------------------------------------
+    def segment(self, images: torch.Tensor, flips: bool = False) -> torch.Tensor:
+        """Logits ``(N, num_classes, H, W)`` of normalized images ``(N, C, H, W)`` of any size
+        (tiled as set by ``tile_size``; mirror-padded for valid-convolution networks)."""
+        hp = self.hparams
+        return predict_tiled(self.net, images, hp.tile_size, hp.tile_overlap, hp.tile_batch_size, flips)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Full-size logits of a normalized batch, whatever the network's padding (see :meth:`segment`)."""
+        return self.segment(images)
+
+    # -- checks ----------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        for attr in ("num_classes", "in_channels"):
+            expected = getattr(datamodule, attr, None)
+            if expected is not None and expected != getattr(self, attr):
+                raise ValueError(
+                    f"model {attr}={getattr(self, attr)} but the data ({type(datamodule).__name__}) has "
+                    f"{attr}={expected}. Fix: set model {attr} to {expected}, or leave it out of the config: "
+                    f"train.py links it from the data."
+                )
+
+    def _check_batch(self, stage: str, batch: dict[str, Any]) -> None:
+        if stage in self._checked_stages:
+            return  # first batch of each stage only: the checks cost a device sync
+        self._checked_stages.add(stage)
+        images = batch["image"]
+        if images.ndim != 4 or images.shape[1] != self.in_channels:
+            raise ValueError(
+                f"{stage} batch has shape {tuple(images.shape)}, but the model expects "
+                f"(N, {self.in_channels}, H, W). "
+                f"Fix: set in_channels={images.shape[1] if images.ndim == 4 else '?'} or convert the images."
+            )
+        masks = batch.get("mask")
+        if masks is not None and masks.numel() and (int(masks.min()) < 0 or int(masks.max()) >= self.num_classes):
+            raise ValueError(
+                f"{stage} masks hold classes in [{int(masks.min())}, {int(masks.max())}], but the model has "
+                f"num_classes={self.num_classes}. Fix: check the datamodule's mask_values / set num_classes."
+            )
+        if stage == "train" and getattr(self.loss_fn, "needs_weight_map", False) and "weight" not in batch:
+            raise ValueError(
+                f"loss {self.hparams.loss!r} needs the U-Net weight maps, but the batches carry none. "
+                f"Fix: set the datamodule's weight_maps: true (--data.init_args.weight_maps true), "
+                f"or use loss: ce."
+            )
+
+    # -- loss ------------------------------------------------------------------------------------------
+    def compute_loss(self, output: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss of a network output (logits, or ``(logits, aux_logits)``) against the batch's masks,
+        centre-cropped to the output size for valid-convolution networks; returns (loss, logits)."""
+        logits, aux = (output, None) if isinstance(output, torch.Tensor) else (output[0], output[1])
+
+        def targets(size: torch.Size) -> tuple[torch.Tensor, torch.Tensor | None]:
+            mask, weight = batch["mask"], batch.get("weight")
+            if mask.shape[-2:] != size:
+                mask = center_crop(mask, *size)
+                weight = center_crop(weight, *size) if weight is not None else None
+            return mask, weight
+
+        mask, weight = targets(logits.shape[-2:])
+        loss = self.loss_fn(logits, mask, weight)
+        if aux is not None and self.aux_weight:
+            aux_mask, aux_w = targets(aux.shape[-2:])
+            loss = loss + self.aux_weight * self.loss_fn(aux, aux_mask, aux_w)
+        return loss, logits
+
+    # -- loops -----------------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        self._check_batch("train", batch)
+        loss, _ = self.compute_loss(self.net(batch["image"]), batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["image"]))
+        return loss
+
+    def _evaluate(self, batch: dict[str, Any], stage: str, batch_idx: int) -> torch.Tensor:
+        self._check_batch(stage, batch)
+        logits = self.segment(batch["image"])
+        loss, _ = self.compute_loss(logits, batch)
+        preds = logits.argmax(dim=1)
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        for metric in metrics.values():
+            metric.update(preds, batch["mask"])
+        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(preds))
+        return preds
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        preds = self._evaluate(batch, "val", batch_idx)
+        room = self.hparams.log_images - len(self._grid)
+        if room > 0:
+            weight = batch.get("weight")
+            for i in range(min(room, len(preds))):
+                self._grid.append(
+                    (
+                        batch["image"][i].detach().cpu(),
+                        batch["mask"][i].cpu(),
+                        preds[i].cpu(),
+                        weight[i].cpu() if weight is not None else None,
+                    )
+                )
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "test", batch_idx)
+
+    def _log_metrics(self, stage: str) -> dict[str, float]:
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        values: dict[str, torch.Tensor] = {}
+        for name, metric in metrics.items():
+            value = metric.compute()
+            metric.reset()
+            if value.ndim:  # per class
+                for cls, v in zip(self.class_names, value, strict=True):
+                    values[f"{stage}/{name}_{cls}"] = v
+                value = value.nanmean()
+            values[f"{stage}/{name}"] = value
+        for key, value in values.items():
+            self.log(key, value, prog_bar=key.endswith(("/pixel_error", "/rand_error")))
+        return {k: float(v) for k, v in values.items()}
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+        if self._grid:
+            self._log_grid()
+        self._grid = []
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    def _log_grid(self) -> None:
+        """Rows: image | ground truth | prediction | weight map (TensorBoard ``val/samples``)."""
+        experiment = getattr(self.logger, "experiment", None) if self._trainer else None
+        if not hasattr(experiment, "add_image") or not self.trainer.is_global_zero:
+            return
+        from torchvision.utils import make_grid
+
+        colours = torch.from_numpy(class_colours(self.num_classes)).float().div(255)
+        tiles = []
+        for image, mask, pred, weight in self._grid:
+            shown = image[:3] if image.shape[0] >= 3 else image[:1].expand(3, -1, -1)
+            shown = (shown - shown.min()) / (shown.max() - shown.min()).clamp_min(1e-6)
+            weight_img = (
+                (weight / weight.max().clamp_min(1e-6))
+                if weight is not None
+                else torch.zeros_like(mask, dtype=torch.float)
+            )
+            tiles += [
+                shown,
+                colours[mask].permute(2, 0, 1),
+                colours[pred].permute(2, 0, 1),
+                weight_img[None].expand(3, -1, -1),
+            ]
+        size = max(t.shape[-1] for t in tiles), max(t.shape[-2] for t in tiles)
+        tiles = [torch.nn.functional.pad(t, (0, size[0] - t.shape[-1], 0, size[1] - t.shape[-2])) for t in tiles]
+        experiment.add_image("val/samples", make_grid(tiles, nrow=4, padding=4, pad_value=0.5), self.global_step)
+
+    # -- predict ---------------------------------------------------------------------------------------
+    def _output_dir(self) -> Path:
+        if self.hparams.output_dir:
+            return Path(self.hparams.output_dir)
+        log_dir = self.trainer.log_dir if self._trainer else None
+        return Path(log_dir or ".") / "predictions"
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[str]:
+        """Segment each image, write ``<name>_mask.png`` and ``<name>_overlay.png``; return the mask paths."""
+        self._check_batch("predict", batch)
+        preds = self.segment(batch["image"], flips=self.hparams.tta_flips).argmax(dim=1).cpu().numpy()
+        out_dir = self._output_dir()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        written = []
+        for i, pred in enumerate(preds):
+            name = batch["name"][i] if "name" in batch else f"{batch_idx:05d}_{i}"
+            raw = batch["raw"][i].cpu().numpy() if "raw" in batch else None
+            written.append(str(write_prediction(out_dir, name, pred, self.num_classes, raw)))
+        return written
+
+    def configure_optimizers(self) -> Any:
+        return build_optimizers(
+            [p for p in self.parameters() if p.requires_grad],
+            self.optimizer_factory,
+            self.lr_scheduler_factory,
+            total_steps=lambda: self.trainer.estimated_stepping_batches,
+            interval=self.lr_scheduler_interval,
+            monitor="val/loss",
+        )
+
+
+def write_prediction(
+    out_dir: Path,
+    name: str,
+    pred: np.ndarray,
+    num_classes: int,
+    image: np.ndarray | None = None,
+    alpha: float = 0.45,
+) -> Path:
+    """Write a class map as ``<name>_mask.png`` and, given the image (H, W, C uint8), ``<name>_overlay.png``.
+
+    Two classes: an 8-bit grayscale mask with 0 / 255 (class 0 / class 1); more: a palette PNG
+    whose pixel values are the class indices. The overlay tints every class but 0.
+    """
+    from PIL import Image
+
+    pred = pred.astype(np.uint8)
+    mask_path = out_dir / f"{name}_mask.png"
+    if num_classes == 2:
+        Image.fromarray(pred * 255).save(mask_path)  # uint8 (H, W): mode L
+    else:
+        palette_image = Image.fromarray(pred)
+        palette_image.putpalette(class_colours(num_classes).ravel().tolist())
+        palette_image.save(mask_path)
+    if image is not None:
+        base = image if image.shape[-1] == 3 else np.repeat(image[..., :1], 3, axis=-1)
+        colours = class_colours(num_classes, OVERLAY_COLOURS).astype(np.float32)
+        tinted = base.astype(np.float32)
+        on = pred > 0
+        tinted[on] = (1 - alpha) * tinted[on] + alpha * colours[pred[on]]
+        Image.fromarray(tinted.round().clip(0, 255).astype(np.uint8)).save(out_dir / f"{name}_overlay.png")
+    return mask_path
