@@ -23,7 +23,8 @@ from zoo.classification.finetune import (
 )
 from zoo.classification.models.googlenet import googlenet_loss, main_logits
 from zoo.registry import create_model
-from zoo.utils.optim import as_factory, build_optimizers, factory_spec
+from zoo.utils.checks import check_model_fits_data
+from zoo.utils.optim import as_factory, build_optimizers, plain_factory_hparams
 
 
 class ImageClassifier(pl.LightningModule):
@@ -80,9 +81,7 @@ class ImageClassifier(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        for key in ("optimizer", "lr_scheduler"):
-            # plain data in the checkpoint (class path + arguments), not a pickled class or partial
-            self.hparams[key] = factory_spec(self.hparams[key])
+        plain_factory_hparams(self.hparams)  # class path + arguments in the checkpoint, not a pickled partial
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class_names given for num_classes={num_classes}")
         self.num_classes = num_classes
@@ -142,15 +141,7 @@ class ImageClassifier(pl.LightningModule):
 
     # -- checks ----------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
-        for attr in ("num_classes", "in_channels"):
-            expected = getattr(datamodule, attr, None)
-            if expected is not None and expected != getattr(self, attr):
-                raise ValueError(
-                    f"model {attr}={getattr(self, attr)} but the data ({type(datamodule).__name__}) has "
-                    f"{attr}={expected}. Fix: set model {attr} to {expected}, or leave it out of the config: "
-                    f"train.py links it from the data."
-                )
+        check_model_fits_data(self)
 
     def _check_batch(self, stage: str, images: torch.Tensor, labels: torch.Tensor) -> None:
         if stage in self._checked_stages:

@@ -17,7 +17,8 @@ from zoo.segmentation.losses import build_loss
 from zoo.segmentation.metrics import PixelError, RandError
 from zoo.segmentation.models.unet import center_crop
 from zoo.segmentation.tiling import predict_tiled
-from zoo.utils.optim import build_optimizers
+from zoo.utils.checks import check_model_fits_data
+from zoo.utils.optim import as_factory, build_optimizers, plain_factory_hparams
 
 # class colours of masks, overlays and the validation grid (class 0 first)
 PALETTE = np.array(
@@ -107,6 +108,7 @@ class SemanticSegmenter(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        plain_factory_hparams(self.hparams)  # class path + arguments in the checkpoint, not a pickled partial
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class_names given for num_classes={num_classes}")
         if foreground_class is not None and not 0 <= foreground_class < num_classes:
@@ -125,8 +127,8 @@ class SemanticSegmenter(pl.LightningModule):
             **(network_kwargs or {}),
         )
         self.loss_fn = build_loss(loss, loss_kwargs)
-        self.optimizer_factory = optimizer
-        self.lr_scheduler_factory = lr_scheduler
+        self.optimizer_factory = as_factory(optimizer)
+        self.lr_scheduler_factory = as_factory(lr_scheduler)
         self.lr_scheduler_interval = lr_scheduler_interval
         self.val_metrics = self._metrics()
         self.test_metrics = self._metrics()
@@ -161,15 +163,7 @@ class SemanticSegmenter(pl.LightningModule):
 
     # -- checks ----------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
-        for attr in ("num_classes", "in_channels"):
-            expected = getattr(datamodule, attr, None)
-            if expected is not None and expected != getattr(self, attr):
-                raise ValueError(
-                    f"model {attr}={getattr(self, attr)} but the data ({type(datamodule).__name__}) has "
-                    f"{attr}={expected}. Fix: set model {attr} to {expected}, or leave it out of the config: "
-                    f"train.py links it from the data."
-                )
+        check_model_fits_data(self)
 
     def _check_batch(self, stage: str, batch: dict[str, Any]) -> None:
         if stage in self._checked_stages:

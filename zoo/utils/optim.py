@@ -42,6 +42,13 @@ def factory_spec(factory: Any) -> Any:
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
 
 
+def plain_factory_hparams(hparams: Any, keys: tuple[str, ...] = ("optimizer", "lr_scheduler")) -> None:
+    """Replace the optimizer/scheduler factories in a module's ``hparams`` by their specs, in place."""
+    for key in keys:
+        if key in hparams:
+            hparams[key] = factory_spec(hparams[key])
+
+
 def as_factory(spec: Any) -> Any:
     """The inverse of :func:`factory_spec`: a ``{"class_path", "init_args"}`` dict becomes a partial."""
     if not isinstance(spec, dict):
