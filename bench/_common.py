@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pytorch_lightning as pl
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,3 +73,37 @@ def write_json(name: str, payload: dict, out: str | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"machine": machine(), **payload}, indent=2))
     return path
+
+
+class TimeBudget(pl.Callback):
+    """Stops training after ``seconds`` of wall time and, when ``max_lr`` is given, sets every
+    optimizer group's learning rate from the elapsed *fraction* of the budget: linear warm-up over
+    the first ``warmup`` fraction, then cosine decay to zero at the end. A schedule over time gives
+    every model a complete schedule whatever its speed. ``steps`` counts the optimizer steps taken.
+    """
+
+    def __init__(self, seconds: float, max_lr: float | None = None, warmup: float = 0.15) -> None:
+        self.seconds, self.max_lr, self.warmup = seconds, max_lr, warmup
+        self.start = 0.0
+        self.steps = 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.start = time.perf_counter()
+
+    def lr_at(self, fraction: float) -> float:
+        assert self.max_lr is not None
+        if fraction < self.warmup:
+            return self.max_lr * max(fraction / self.warmup, 0.04)
+        return self.max_lr * 0.5 * (1 + math.cos(math.pi * (fraction - self.warmup) / (1 - self.warmup)))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> int | None:  # noqa: ANN001
+        fraction = (time.perf_counter() - self.start) / self.seconds
+        if fraction >= 1:
+            trainer.should_stop = True
+            return -1  # Lightning: skip the rest of the epoch
+        if self.max_lr is not None:
+            for optimizer in trainer.optimizers:
+                for group in optimizer.param_groups:
+                    group["lr"] = self.lr_at(fraction)
+        self.steps += 1
+        return None
