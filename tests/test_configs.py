@@ -1,13 +1,16 @@
-"""Every shipped config parses and instantiates its model and datamodule (no data is read)."""
+"""Every shipped config parses and instantiates its model and datamodule (no data is read); every
+trainer preset combines with a family config."""
 
 from pathlib import Path
 
 import pytest
+from pytorch_lightning.strategies import DDPStrategy
 
 from zoo.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+PRESETS = sorted((ROOT / "configs" / "trainer").glob("*.yaml"))
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p not in PRESETS)
 
 
 def test_there_are_configs():
@@ -20,3 +23,33 @@ def test_config_instantiates(config):
     assert cli.model is not None and cli.datamodule is not None
     # data-derived arguments come from the datamodule, not typed twice
     assert getattr(cli.model, "num_classes", None) in (None, getattr(cli.datamodule, "num_classes", None))
+
+
+def test_there_are_trainer_presets_for_each_scale():
+    assert {p.stem for p in PRESETS} >= {"cpu", "gpu", "ddp_gpu", "ddp_gpu_syncbn", "slurm_multinode", "ddp_cpu"}
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_trainer_preset_combines_with_a_family_config(preset):
+    import yaml
+
+    wanted = yaml.safe_load(preset.read_text())["trainer"]
+    # This machine has no GPU: the GPU presets are checked with the accelerator swapped for the CPU
+    # (and bf16 autocast, which the CPU also has); everything else comes from the preset.
+    overrides = ["--trainer.accelerator=cpu"] if wanted["accelerator"] == "gpu" else []
+    if wanted["devices"] == -1:
+        overrides.append("--trainer.devices=2")
+    cli = main(
+        ["--config", str(ROOT / "configs/segmentation/isbi_unet.yaml"), "--config", str(preset),
+         "--trainer.logger=false", *overrides],
+        run=False,
+    )
+    trainer = cli.trainer
+    assert trainer.num_nodes == wanted["num_nodes"]
+    assert isinstance(trainer.strategy, DDPStrategy) == (wanted["strategy"] == "ddp")
+    assert trainer.precision == wanted["precision"]
+    if "sync_batchnorm" in wanted:
+        # Lightning converts BatchNorm to SyncBatchNorm at setup through the strategy's layer-sync plugin
+        assert (getattr(trainer.strategy, "_layer_sync", None) is not None) == wanted["sync_batchnorm"]
+    # the family config's own trainer settings survive the merge
+    assert trainer.max_epochs == 100 and any(type(c).__name__ == "ModelCheckpoint" for c in trainer.callbacks)
