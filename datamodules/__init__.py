@@ -1,11 +1,15 @@
 """LightningDataModules shared by every family of the zoo."""
 
+from datamodules.coco import COCODetectionDataModule
+from datamodules.digit_canvas import DigitCanvasDataModule
 from datamodules.digits import DigitsDataModule
 from datamodules.mnist import FashionMNISTDataModule, MNISTDataModule
 from datamodules.segmentation import DSB2018DataModule, ISBI2012DataModule, SegmentationFolderDataModule
 
 __all__ = [
+    "COCODetectionDataModule",
     "DSB2018DataModule",
+    "DigitCanvasDataModule",
     "DigitsDataModule",
     "FashionMNISTDataModule",
     "ISBI2012DataModule",

@@ -10,14 +10,17 @@ only, on the device the batch lives on.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.distributed import make_dataloader
 from datamodules.transforms import random_affine_batch
+
+NORMALIZATIONS = ("mean_std", "unit", "symmetric")
 
 
 class TensorImageDataset(Dataset):
@@ -124,6 +127,12 @@ class InMemoryClassificationDataModule(pl.LightningDataModule):
       and test sets are unchanged.
     - ``return_indices``: batches are ``(images, labels, source_indices)``, each sample's position
       in the official split it came from (see :class:`TensorImageDataset`).
+    - ``normalization``: ``"mean_std"`` (the default: ``(x - mean) / std``, what classifiers train
+      on), ``"unit"`` (pixels in [0, 1]: autoencoders and VAEs with a sigmoid/Bernoulli output) or
+      ``"symmetric"`` (pixels in [-1, 1]: GANs with a tanh generator, Radford et al. 2016).
+    - ``anomaly_class``: leave this class out of the training split (validation and test keep
+      every class), for anomaly detection by reconstruction error: the held-out class is the
+      anomaly (``zoo.generative.AutoEncoder`` reads it from the datamodule and reports AUROC).
     """
 
     num_classes: int
@@ -145,8 +154,14 @@ class InMemoryClassificationDataModule(pl.LightningDataModule):
         eval_batch_size: int = 1000,
         train_subset: int | None = None,
         return_indices: bool = False,
+        normalization: Literal["mean_std", "unit", "symmetric"] = "mean_std",
+        anomaly_class: int | None = None,
     ) -> None:
         super().__init__()
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}; got {normalization!r}")
+        self.normalization = normalization
+        self.anomaly_class = anomaly_class
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
@@ -169,20 +184,28 @@ class InMemoryClassificationDataModule(pl.LightningDataModule):
 
     # -- data --------------------------------------------------------------------------------------
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 -> float in [0, 1] -> (x - mean) / std per channel."""
+        """uint8 -> float in [0, 1] -> (x - mean) / std per channel (``normalization="mean_std"``);
+        [0, 1] (``"unit"``) or [-1, 1] (``"symmetric"``) for generative models."""
+        unit = images.float().div_(255)
+        if self.normalization == "unit":
+            return unit
+        if self.normalization == "symmetric":
+            return unit.mul_(2).sub_(1)
         mean = torch.tensor(self.mean).view(1, -1, 1, 1)
         std = torch.tensor(self.std).view(1, -1, 1, 1)
-        return (images.float().div_(255) - mean) / std
+        return (unit - mean) / std
 
     @property
     def background(self) -> float:
         """The normalized value of a black pixel: what augmentation fills uncovered pixels with."""
-        return -self.mean[0] / self.std[0]
+        return float(self.normalize(torch.zeros(1, len(self.mean), 1, 1, dtype=torch.uint8)).flatten()[0])
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit", "validate") and self.train_set is None:
             images, labels = self.load_split(train=True)
             train_idx, val_idx = deterministic_split(len(labels), self.val_size, self.split_seed)
+            if self.anomaly_class is not None:
+                train_idx = self._drop_anomalies(labels, train_idx)
             if self.train_subset is not None:
                 kept = class_balanced_subset(labels[train_idx], self.train_subset, self.split_seed)
                 rank_zero_info(
@@ -197,13 +220,28 @@ class InMemoryClassificationDataModule(pl.LightningDataModule):
             images, labels = self.load_split(train=False)
             self.test_set = TensorImageDataset(self.normalize(images), labels)
 
+    def _drop_anomalies(self, labels: torch.Tensor, train_idx: torch.Tensor) -> torch.Tensor:
+        if not 0 <= self.anomaly_class < self.num_classes:
+            raise ValueError(
+                f"anomaly_class={self.anomaly_class} is not a class of {type(self).__name__} "
+                f"(classes 0..{self.num_classes - 1}: {', '.join(self.class_names)})."
+            )
+        kept = train_idx[labels[train_idx] != self.anomaly_class]
+        rank_zero_info(
+            f"{type(self).__name__}: anomaly_class={self.anomaly_class} ({self.class_names[self.anomaly_class]}) "
+            f"leaves {len(train_idx) - len(kept):,} of {len(train_idx):,} training images out; validation "
+            f"and test keep every class."
+        )
+        return kept
+
     def _loader(self, dataset: TensorImageDataset | None, shuffle: bool, batch_size: int) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for a dataloader")
         # Read when the loader is made, so that a model may switch it on in its own setup
         # (zoo.classification.distill does, for black-box distillation).
         dataset.return_indices = self.return_indices
-        return DataLoader(
+        # Resumable mid-epoch when shuffling; every sample evaluated once under DDP otherwise (datamodules.distributed).
+        return make_dataloader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import os
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -98,6 +99,8 @@ class MNISTDataModule(InMemoryClassificationDataModule):
         eval_batch_size: int = 1000,
         train_subset: int | None = None,
         return_indices: bool = False,
+        normalization: Literal["mean_std", "unit", "symmetric"] = "mean_std",
+        anomaly_class: int | None = None,
     ) -> None:
         """
         Args:
@@ -111,6 +114,8 @@ class MNISTDataModule(InMemoryClassificationDataModule):
             augment: random rotation / scale / shift of training batches (never val/test).
             train_subset: keep a deterministic class-balanced subset of this many training images.
             return_indices: batches carry each image's index in the official split as a third element.
+            normalization: ``mean_std`` (classifiers), ``unit`` ([0, 1]) or ``symmetric`` ([-1, 1]) pixels.
+            anomaly_class: leave this digit out of the training split (anomaly detection).
         """
         super().__init__(
             batch_size=batch_size,
@@ -124,6 +129,8 @@ class MNISTDataModule(InMemoryClassificationDataModule):
             eval_batch_size=eval_batch_size,
             train_subset=train_subset,
             return_indices=return_indices,
+            normalization=normalization,
+            anomaly_class=anomaly_class,
         )
         self.data_dir = resolve_data_dir(data_dir)
         self.download = download
@@ -178,6 +185,11 @@ class MNISTDataModule(InMemoryClassificationDataModule):
             raise CorruptFileError(
                 f"{image_path} has {len(images):,} images but {label_path} has {len(labels):,} labels; "
                 "one of them is from another data set or split. Replace them with a matching pair."
+            )
+        if len(labels) == 0:
+            raise CorruptFileError(
+                f"{image_path} and {label_path} hold no samples: an empty {self.folder} split. Fix: replace them "
+                "with the complete files (delete them and download again)."
             )
         if int(labels.max()) >= self.num_classes:
             raise CorruptFileError(

@@ -39,6 +39,7 @@ from PIL import Image
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.distributed import make_dataloader
 from datamodules.paths import resolve_data_dir
 from datamodules.transforms import seed_transform, segmentation_train_transform
 
@@ -73,6 +74,21 @@ def list_images(folder: Path) -> list[Path]:
     return files
 
 
+def decode_image(path: Path, palette_to_rgba: bool = False) -> np.ndarray:
+    """The pixels of an image file; an error naming the file when it cannot be decoded (truncated, corrupt,
+    zero bytes), instead of PIL's message, which for a truncated file does not name it."""
+    try:
+        with Image.open(path) as im:
+            return np.array(im.convert("RGBA") if palette_to_rgba and im.mode == "P" else im)
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError, ValueError) as err:  # PIL's UnidentifiedImageError is an OSError
+        raise SegmentationDataError(
+            f"{path} cannot be decoded ({type(err).__name__}: {err}; the file has {path.stat().st_size} bytes). "
+            f"Fix: replace it with an intact copy (re-export or download it again), or remove it and its mask."
+        ) from err
+
+
 def read_image(path: Path, in_channels: int) -> np.ndarray:
     """An image file as ``(H, W, in_channels)`` uint8.
 
@@ -81,8 +97,7 @@ def read_image(path: Path, in_channels: int) -> np.ndarray:
     ``in_channels=3``, 16-bit images are scaled to 8 bits. A colour image for ``in_channels=1`` (or
     any other channel count) is an error naming the file.
     """
-    with Image.open(path) as im:
-        array = np.array(im.convert("RGBA") if im.mode == "P" else im)
+    array = decode_image(path, palette_to_rgba=True)
     if array.dtype in (np.uint16, np.int32) and array.ndim == 2:  # 16-bit grayscale
         top = 65535.0 if array.dtype == np.uint16 else max(float(array.max()), 1.0)
         array = np.round(array.astype(np.float64) / top * 255).astype(np.uint8)
@@ -114,8 +129,7 @@ def read_image(path: Path, in_channels: int) -> np.ndarray:
 
 def read_mask(path: Path) -> np.ndarray:
     """A mask file as ``(H, W)`` integers (palette images keep their indices)."""
-    with Image.open(path) as im:
-        array = np.asarray(im)
+    array = decode_image(path)
     if array.ndim == 3:
         if (array[..., :3] == array[..., :1]).all():
             return array[..., 0]
@@ -500,7 +514,8 @@ class SegmentationFolderDataModule(pl.LightningDataModule):
             self.std,
             self.split_seed,
         )
-        return DataLoader(
+        # Resumable mid-epoch (position and random states in the checkpoint): datamodules.distributed.
+        return make_dataloader(
             dataset,
             batch_size=self.batch_size,
             shuffle=True,
@@ -511,7 +526,8 @@ class SegmentationFolderDataModule(pl.LightningDataModule):
         )
 
     def _eval_loader(self, dataset: Dataset) -> DataLoader:
-        return DataLoader(
+        # Every image exactly once under DDP (no padding repeats): datamodules.distributed.
+        return make_dataloader(
             dataset,
             batch_size=self.eval_batch_size,
             shuffle=False,

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from pytorch_lightning.strategies import DDPStrategy
 
+from tests.conftest import shared_data_dir
 from zoo.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,7 +19,12 @@ def test_there_are_configs():
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
-def test_config_instantiates(config):
+def test_config_instantiates(config, monkeypatch):
+    # a COCO-format datamodule reads its annotation file's categories to link num_classes: give the configs'
+    # relative data paths the shared data (the tests run in a tmp folder)
+    shared = shared_data_dir()
+    if shared is not None:
+        monkeypatch.setenv("ZOO_DATA_DIR", str(shared))
     cli = main(["--config", str(config), "--trainer.logger=false"], run=False)
     assert cli.model is not None and cli.datamodule is not None
     # data-derived arguments come from the datamodule, not typed twice

@@ -107,4 +107,5 @@ def _import_families() -> None:
     # Builders register themselves when their module is imported; importing the
     # family packages here makes list/create work after a bare ``import zoo.registry``.
     import zoo.classification.models  # noqa: F401
+    import zoo.detection.models  # noqa: F401
     import zoo.segmentation.models  # noqa: F401

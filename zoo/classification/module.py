@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError, MulticlassConfusionMatrix
 
 from zoo.classification.finetune import (
     FreezeUnfreeze,
@@ -23,16 +23,19 @@ from zoo.classification.finetune import (
 )
 from zoo.classification.models.googlenet import googlenet_loss, main_logits
 from zoo.registry import create_model
+from zoo.utils.checkpoint import ZooCheckpointMixin
 from zoo.utils.checks import check_model_fits_data
 from zoo.utils.optim import as_factory, build_optimizers, plain_factory_hparams
 
 
-class ImageClassifier(pl.LightningModule):
+class ImageClassifier(ZooCheckpointMixin, pl.LightningModule):
     """Train, evaluate and run a classifier from the registry.
 
     Logs ``train/loss``, ``train/acc``, ``{val,test}/{loss,acc,acc_top5}``; at test time also the
-    per-class accuracy (``test/acc_class/<name>``) and a confusion-matrix figure (TensorBoard and
-    ``confusion_matrix.png`` in the run's log directory).
+    per-class accuracy (``test/acc_class/<name>``), the expected calibration error ``test/ece`` (15 equal-width
+    confidence bins, Guo et al. 2017) and a confusion-matrix figure (TensorBoard and
+    ``confusion_matrix.png`` in the run's log directory). ``test_step`` returns the logits, which
+    ``zoo.evaluation`` collects for its report.
 
     Args:
         backbone: registered name (``zoo.list_models(family="classification")``).
@@ -115,8 +118,15 @@ class ImageClassifier(pl.LightningModule):
             prefix="val/",
         )
         self.test_metrics = self.val_metrics.clone(prefix="test/")
+        # Sample-weighted mean losses as torchmetrics (float sums, synced once at compute): Lightning's
+        # self.log(sync_dist=True) mean divides an integer sample count by the world size (1,001 samples on 2
+        # processes count as 1,000), which biases the loss under DDP.
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.test_per_class = MulticlassAccuracy(num_classes, average="none")
         self.test_confmat = MulticlassConfusionMatrix(num_classes)
+        # Guo et al. 2017: ECE over 15 equal-width confidence bins (their choice); the report's reliability
+        # diagram uses the same bins (zoo.evaluation.classification.ECE_BINS).
+        self.test_calibration = MulticlassCalibrationError(num_classes, n_bins=15, norm="l1")
         self._checked_stages: set[str] = set()
 
     @classmethod
@@ -205,30 +215,38 @@ class ImageClassifier(pl.LightningModule):
         loss = F.cross_entropy(logits, labels)
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         metrics.update(logits, labels)
-        # batch_size given explicitly: the mean over an uneven last batch then weighs every sample once.
-        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(labels))
+        # weighted by the batch size: the mean over an uneven last batch weighs every sample once.
+        loss_metric = self.val_loss if stage == "val" else self.test_loss
+        loss_metric.update(loss.detach(), weight=len(labels))
+        self.log(f"{stage}/loss", loss_metric, prog_bar=True)
         self.log_dict(metrics, prog_bar=stage == "val")
         return logits
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val")
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self._evaluate(batch, "test")
         self.test_per_class.update(logits, batch[1])
         self.test_confmat.update(logits, batch[1])
+        self.test_calibration.update(logits.softmax(dim=1), batch[1])
+        return logits  # per-sample outputs for callbacks (zoo.evaluation's report)
 
     def on_test_epoch_end(self) -> None:
         per_class = self.test_per_class.compute()
         for name, acc in zip(self.class_names, per_class, strict=True):
             self.log(f"test/acc_class/{name}", acc)
         self.test_per_class.reset()
+        self.log("test/ece", self.test_calibration.compute())
+        self.test_calibration.reset()
         confmat = self.test_confmat.compute()
         self.test_confmat.reset()
+        # trainer.log_dir is a broadcast under DDP: every rank must ask, or rank 0 waits forever for the others
+        log_dir = self.trainer.log_dir
         if self.trainer.is_global_zero:
-            self._save_confusion_matrix(confmat)
+            self._save_confusion_matrix(confmat, log_dir)
 
-    def _save_confusion_matrix(self, confmat: torch.Tensor) -> None:
+    def _save_confusion_matrix(self, confmat: torch.Tensor, log_dir: str | None) -> None:
         import matplotlib
 
         matplotlib.use("Agg")
@@ -237,7 +255,6 @@ class ImageClassifier(pl.LightningModule):
         from zoo.utils.plots import plot_confusion_matrix
 
         fig = plot_confusion_matrix(confmat.cpu(), self.class_names)
-        log_dir = self.trainer.log_dir
         if log_dir:
             Path(log_dir).mkdir(parents=True, exist_ok=True)
             fig.savefig(Path(log_dir) / "confusion_matrix.png", dpi=120, bbox_inches="tight")

@@ -9,6 +9,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassJaccardIndex
 from torchmetrics.segmentation import DiceScore
 
@@ -17,6 +18,7 @@ from zoo.segmentation.losses import build_loss
 from zoo.segmentation.metrics import PixelError, RandError
 from zoo.segmentation.models.unet import center_crop
 from zoo.segmentation.tiling import predict_tiled
+from zoo.utils.checkpoint import ZooCheckpointMixin
 from zoo.utils.checks import check_model_fits_data
 from zoo.utils.optim import as_factory, build_optimizers, plain_factory_hparams
 
@@ -48,7 +50,7 @@ def class_colours(num_classes: int, table: np.ndarray = PALETTE) -> np.ndarray:
     return table[np.arange(num_classes) % len(table)]
 
 
-class SemanticSegmenter(pl.LightningModule):
+class SemanticSegmenter(ZooCheckpointMixin, pl.LightningModule):
     """Train, evaluate and run a semantic segmentation network from the registry.
 
     Training runs the network on the datamodule's crops; a valid-convolution network's smaller
@@ -132,6 +134,9 @@ class SemanticSegmenter(pl.LightningModule):
         self.lr_scheduler_interval = lr_scheduler_interval
         self.val_metrics = self._metrics()
         self.test_metrics = self._metrics()
+        # Image-weighted mean losses as torchmetrics (float sums, synced once at compute): Lightning's
+        # self.log(sync_dist=True) mean divides an integer image count by the world size, biasing it under DDP.
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self._checked_stages: set[str] = set()
         self._grid: list[tuple[torch.Tensor, ...]] = []
 
@@ -224,7 +229,9 @@ class SemanticSegmenter(pl.LightningModule):
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         for metric in metrics.values():
             metric.update(preds, batch["mask"])
-        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(preds))
+        loss_metric = self.val_loss if stage == "val" else self.test_loss
+        loss_metric.update(loss.detach(), weight=len(preds))
+        self.log(f"{stage}/loss", loss_metric, prog_bar=True)
         return preds
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -242,8 +249,9 @@ class SemanticSegmenter(pl.LightningModule):
                     )
                 )
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "test", batch_idx)
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        # the predicted class maps, for callbacks (zoo.evaluation's per-image table and overlays)
+        return self._evaluate(batch, "test", batch_idx)
 
     def _log_metrics(self, stage: str) -> dict[str, float]:
         metrics = self.val_metrics if stage == "val" else self.test_metrics

@@ -1,0 +1,61 @@
+"""Checkpoints of tiny runs, trained once per session through the CLI (so each has the run's config.yaml)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from zoo.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+
+
+def _fit(args: list[str]) -> tuple[Path, Path]:
+    cli = main(["fit", *args, *QUIET])
+    ckpt = Path(cli.trainer.checkpoint_callback.last_model_path)
+    return ckpt, Path(cli.trainer.log_dir) / "config.yaml"
+
+
+@pytest.fixture(scope="session")
+def mnist_run(tmp_path_factory, data_root) -> tuple[Path, Path]:
+    """(last.ckpt, config.yaml) of a 10-step MNIST convnet run."""
+    work = tmp_path_factory.mktemp("mnist_run")
+    return _fit(
+        [
+            "--config",
+            str(ROOT / "configs/classification/mnist.yaml"),
+            f"--data.init_args.data_dir={data_root}",
+            f"--trainer.logger.init_args.save_dir={work}",
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=10",
+            "--trainer.limit_val_batches=1",
+        ]
+    )
+
+
+@pytest.fixture(scope="session")
+def isbi_run(tmp_path_factory, isbi_root) -> tuple[Path, Path]:
+    """(last.ckpt, config.yaml) of a 2-step run of a 4-channel same-padded U-Net on ISBI crops."""
+    work = tmp_path_factory.mktemp("isbi_run")
+    return _fit(
+        [
+            "--config",
+            str(ROOT / "configs/segmentation/isbi_unet.yaml"),
+            f"--data.init_args.data_dir={isbi_root}",
+            f"--trainer.logger.init_args.save_dir={work}",
+            "--model.init_args.network_kwargs={base_channels: 4, depth: 2, padding: same, batch_norm: false, "
+            "dropout: 0.0}",
+            "--model.init_args.tile_size=null",
+            "--model.init_args.loss=ce",
+            f"--model.init_args.output_dir={work}/pred",
+            "--data.init_args.weight_maps=false",
+            "--data.init_args.crop_size=64",
+            "--data.init_args.pad=0",
+            "--data.init_args.elastic=false",
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=2",
+            "--trainer.limit_val_batches=1",
+        ]
+    )

@@ -1,0 +1,71 @@
+"""FID and the 1-NN test at validation end and from a checkpoint; the feature classifier files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from zoo.classification import ImageClassifier
+from zoo.generative import VAE, ClassifierFeatures, InceptionFeatures
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def test_validation_end_logs_fid_and_one_nn_accuracy_then_a_checkpoint_reproduces_them(
+    tiny_images, make_trainer, tmp_path
+):
+    torch.manual_seed(0)
+    extractor = ClassifierFeatures(ImageClassifier(backbone="lenet5"))
+    model = VAE(latent_dim=4, metric_samples=100)
+    model.set_feature_extractor(extractor)
+    trainer = make_trainer(max_epochs=1, limit_train_batches=2, default_root_dir=str(tmp_path))
+    trainer.fit(model, tiny_images(n=128, batch_size=64))
+    metrics = trainer.callback_metrics
+    assert {"val/fid", "val/nn_accuracy"} <= set(metrics)
+    assert float(metrics["val/fid"]) > 0 and 0.5 <= float(metrics["val/nn_accuracy"]) <= 1
+
+    path = tmp_path / "vae.ckpt"
+    trainer.save_checkpoint(path)
+    restored = VAE.load_from_checkpoint(path)
+    restored.set_feature_extractor(extractor)
+    real = tiny_images(n=128).images[:100]
+    torch.manual_seed(1)
+    first = restored.sample_quality(real)
+    torch.manual_seed(1)
+    assert restored.sample_quality(real) == first  # same samples, same numbers
+    assert set(first) == {"fid", "nn_accuracy"}
+
+
+def test_without_a_feature_extractor_the_one_nn_test_runs_on_pixels(tiny_images):
+    model = VAE(latent_dim=4)
+    images = tiny_images(n=50).images
+    assert set(model.sample_quality(images)) == {"nn_accuracy"}
+
+
+def test_a_missing_feature_classifier_says_how_to_train_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"python -m zoo.generative.features --out .*missing.ckpt"):
+        ClassifierFeatures.from_checkpoint(tmp_path / "missing.ckpt")
+    model = VAE(fid_classifier=str(tmp_path / "missing.ckpt"))
+    with pytest.raises(FileNotFoundError, match="FID feature classifier"):
+        model.feature_extractor()
+
+
+def test_inception_features_need_a_local_weights_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Inception weights .*not found"):
+        InceptionFeatures(tmp_path / "pt_inception.pth")
+
+
+def test_classifier_features_are_the_penultimate_layer_of_a_saved_classifier(tiny_images, make_trainer, tmp_path):
+    classifier = ImageClassifier(backbone="convnet")
+    trainer = make_trainer(max_steps=1, limit_val_batches=0)
+    trainer.fit(classifier, tiny_images())
+    path = tmp_path / "classifier.ckpt"
+    trainer.save_checkpoint(path)
+    features = ClassifierFeatures.from_checkpoint(path)
+    images = torch.rand(5, 1, 28, 28)
+    out = features(images)
+    assert features.layer_name == "classifier.2" and out.shape == (5, 576)
+    net = classifier.net.eval()
+    with torch.no_grad():
+        expected = net.classifier[:2](net.pool(net.features((images - 0.1307) / 0.3081)))
+    torch.testing.assert_close(out, expected)

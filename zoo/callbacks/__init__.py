@@ -1,0 +1,7 @@
+"""Lightning callbacks: sample grids of generative models, their prediction writer, and
+interpretation grids (Grad-CAM, saliency) logged during training."""
+
+from zoo.callbacks.interpret import InterpretationCallback
+from zoo.callbacks.samples import GenerativePredictionWriter, SampleGridCallback
+
+__all__ = ["GenerativePredictionWriter", "InterpretationCallback", "SampleGridCallback"]

@@ -1,0 +1,33 @@
+"""Object detection: torchvision's Faster R-CNN and SSD (``zoo.detection.models``), detection
+metrics (IoU, TP/FP matching, PR curves, confusion matrix, COCO mAP) and :class:`ObjectDetector`.
+
+>>> from zoo.detection import ObjectDetector, box_iou, match_detections, coco_map
+"""
+
+from zoo.detection.metrics import (
+    COCOMetrics,
+    PRCurve,
+    box_iou,
+    coco_map,
+    detection_confusion_matrix,
+    format_coco_table,
+    match_detections,
+    precision_recall_curves,
+)
+from zoo.detection.models import load_backbone_weights, load_detector_weights
+from zoo.detection.module import ObjectDetector, draw_detections
+
+__all__ = [
+    "COCOMetrics",
+    "ObjectDetector",
+    "PRCurve",
+    "box_iou",
+    "coco_map",
+    "detection_confusion_matrix",
+    "draw_detections",
+    "format_coco_table",
+    "load_backbone_weights",
+    "load_detector_weights",
+    "match_detections",
+    "precision_recall_curves",
+]

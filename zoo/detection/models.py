@@ -1,0 +1,329 @@
+"""Detection networks: torchvision's Faster R-CNN and SSD, registered under the ``detection`` family.
+
+Every builder takes ``num_classes`` = the number of *object* classes; the network scores
+``num_classes + 1`` classes, index 0 being the background (torchvision's convention), so label ``k``
+of a target is the ``k``-th object class (1-based). Nothing is downloaded: initial weights come from
+
+- ``backbone_weights``: a local file with the backbone classifier's weights: a torchvision ImageNet
+  state dict (``resnet50-0676ba61.pth``, ``mobilenet_v3_large-8738ca79.pth``, ``vgg16-397923af.pth``)
+  or a zoo classifier checkpoint of the same architecture (``ImageClassifier`` with backbone
+  ``resnet50`` / ``mobilenet_v3_large`` / ``vgg16``; its classifier head is left out). As in
+  torchvision, a pretrained backbone gets frozen batch norm and only its last
+  ``trainable_backbone_layers`` stages train; without one every layer trains, with ordinary batch norm.
+- ``weights``: a local file with a whole detector's weights (e.g. torchvision's COCO
+  ``fasterrcnn_resnet50_fpn_coco-258fb6c6.pth``); class-dependent layers of another ``num_classes``
+  keep their fresh initialisation.
+
+The constructions below are torchvision's builders (``torchvision.models.detection``) with those two
+hooks added; ``image_size`` sets the input size (Faster R-CNN: ``min_size = max_size``; SSD: the fixed
+square size) so that small images, e.g. 128-pixel canvases, are not upsampled to 800 pixels on a CPU.
+Any other keyword goes to ``FasterRCNN`` / ``SSD`` (``box_score_thresh``, ``box_detections_per_img``,
+``rpn_batch_size_per_image``, ``score_thresh``, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import torch.nn as nn
+from pytorch_lightning.utilities.rank_zero import rank_zero_info
+from torchvision.models import mobilenet_v3_large, resnet50, vgg16
+from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
+from torchvision.models.detection.backbone_utils import (
+    _mobilenet_extractor,
+    _resnet_fpn_extractor,
+    _validate_trainable_layers,
+)
+from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNConvFCHead, RPNHead
+from torchvision.models.detection.ssd import SSD, _vgg_extractor
+from torchvision.models.detection.ssdlite import SSDLiteHead, _normal_init
+from torchvision.models.detection.ssdlite import _mobilenet_extractor as _ssdlite_extractor
+from torchvision.ops import misc as misc_nn_ops
+
+from zoo.classification.finetune import (
+    PretrainedWeightsError,
+    extract_state_dict,
+    load_pretrained,
+    match_prefix,
+    read_weights_file,
+)
+from zoo.registry import register_model
+
+# Keys of a detector whose shapes depend on the number of classes: a whole-detector weights file
+# trained on another label set loads everything but these.
+CLASS_DEPENDENT_KEYS = ("roi_heads.box_predictor.", "head.classification_head.")
+
+
+def load_backbone_weights(backbone: nn.Module, path: str) -> None:
+    """Load a classifier's weights file (torchvision state dict or zoo checkpoint) into ``backbone``,
+    the full torchvision classifier before its feature extractor is cut out; the classifier head
+    (another number of classes) is skipped, any other mismatch is an error naming the key."""
+    # frozen batch norm (a pretrained backbone's) has no num_batches_tracked counter: leave it out both ways
+    report = load_pretrained(backbone, path, ignore=["*num_batches_tracked"])
+    rank_zero_info(f"detection backbone {type(backbone).__name__}: {report}")
+
+
+def load_detector_weights(model: nn.Module, path: str) -> None:
+    """Load a whole detector's weights file; class-dependent layers of another shape are skipped."""
+    contents = read_weights_file(path)
+    state = match_prefix(extract_state_dict(contents, path), model.state_dict())
+    target = model.state_dict()
+    skipped = [
+        k for k, v in state.items() if k in target and v.shape != target[k].shape and k.startswith(CLASS_DEPENDENT_KEYS)
+    ]
+    report = load_pretrained(model, path, ignore=[*skipped, "*num_batches_tracked"], contents=state)
+    rank_zero_info(
+        f"detector {type(model).__name__}: {report}" + (f" (class layers skipped: {skipped})" if skipped else "")
+    )
+
+
+def _resnet_body(backbone_weights: str | None, frozen_bn: bool) -> nn.Module:
+    norm = misc_nn_ops.FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
+    body = resnet50(weights=None, norm_layer=norm)
+    if backbone_weights:
+        load_backbone_weights(body, backbone_weights)
+    return body
+
+
+def _finish(model: nn.Module, weights: str | None) -> nn.Module:
+    if weights:
+        load_detector_weights(model, weights)
+    return model
+
+
+def _rcnn_size(image_size: int | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    if image_size is not None:
+        kwargs = {**kwargs, "min_size": image_size, "max_size": image_size}
+    return kwargs
+
+
+def _check_classes(num_classes: int) -> None:
+    if num_classes < 1:
+        raise ValueError(
+            f"num_classes counts the object classes (background excluded) and must be >= 1, got {num_classes}"
+        )
+
+
+@register_model("detection", source="torchvision")
+def fasterrcnn_resnet50_fpn(
+    num_classes: int = 90,
+    trainable_backbone_layers: int | None = None,
+    backbone_weights: str | None = None,
+    weights: str | None = None,
+    image_size: int | None = None,
+    **kwargs: Any,
+) -> FasterRCNN:
+    """Faster R-CNN (Ren et al. 2015) with a ResNet-50-FPN backbone (Lin et al. 2017, FPN), as
+    ``torchvision.models.detection.fasterrcnn_resnet50_fpn``."""
+    _check_classes(num_classes)
+    trained = backbone_weights is not None or weights is not None  # torchvision's rule
+    layers = _validate_trainable_layers(trained, trainable_backbone_layers, 5, 3)
+    backbone = _resnet_fpn_extractor(_resnet_body(backbone_weights, frozen_bn=trained), layers)
+    model = FasterRCNN(backbone, num_classes + 1, **_rcnn_size(image_size, kwargs))
+    return _finish(model, weights)
+
+
+@register_model("detection", source="torchvision")
+def fasterrcnn_resnet50_fpn_v2(
+    num_classes: int = 90,
+    trainable_backbone_layers: int | None = None,
+    backbone_weights: str | None = None,
+    weights: str | None = None,
+    image_size: int | None = None,
+    **kwargs: Any,
+) -> FasterRCNN:
+    """Faster R-CNN v2 (Li et al. 2021, "Benchmarking detection transfer learning with ViTs"): a
+    two-conv RPN head and a 4-conv + 1-FC box head with batch norm, ResNet-50-FPN; as torchvision's
+    ``fasterrcnn_resnet50_fpn_v2`` (batch norm trains there even with pretrained weights)."""
+    _check_classes(num_classes)
+    trained = backbone_weights is not None or weights is not None  # torchvision's rule
+    layers = _validate_trainable_layers(trained, trainable_backbone_layers, 5, 3)
+    body = resnet50(weights=None)
+    if backbone_weights:
+        load_backbone_weights(body, backbone_weights)
+    backbone = _resnet_fpn_extractor(body, layers, norm_layer=nn.BatchNorm2d)
+    anchor_generator = AnchorGenerator(((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5)
+    rpn_head = RPNHead(backbone.out_channels, anchor_generator.num_anchors_per_location()[0], conv_depth=2)
+    box_head = FastRCNNConvFCHead((backbone.out_channels, 7, 7), [256] * 4, [1024], norm_layer=nn.BatchNorm2d)
+    model = FasterRCNN(
+        backbone,
+        num_classes + 1,
+        rpn_anchor_generator=anchor_generator,
+        rpn_head=rpn_head,
+        box_head=box_head,
+        **_rcnn_size(image_size, kwargs),
+    )
+    return _finish(model, weights)
+
+
+def _fasterrcnn_mobilenet(
+    num_classes: int,
+    trainable_backbone_layers: int | None,
+    backbone_weights: str | None,
+    weights: str | None,
+    anchor_sizes: Sequence[int],
+    kwargs: dict[str, Any],
+) -> FasterRCNN:
+    _check_classes(num_classes)
+    trained = backbone_weights is not None or weights is not None  # torchvision's rule
+    layers = _validate_trainable_layers(trained, trainable_backbone_layers, 6, 3)
+    norm = misc_nn_ops.FrozenBatchNorm2d if trained else nn.BatchNorm2d
+    body = mobilenet_v3_large(weights=None, norm_layer=norm)
+    if backbone_weights:
+        load_backbone_weights(body, backbone_weights)
+    backbone = _mobilenet_extractor(body, True, layers)
+    # torchvision puts every anchor size on each of the 3 feature maps (the last two stages + pool)
+    sizes = (tuple(int(s) for s in anchor_sizes),) * 3
+    anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * 3)
+    return _finish(FasterRCNN(backbone, num_classes + 1, rpn_anchor_generator=anchors, **kwargs), weights)
+
+
+@register_model("detection", source="torchvision")
+def fasterrcnn_mobilenet_v3_large_fpn(
+    num_classes: int = 90,
+    trainable_backbone_layers: int | None = None,
+    backbone_weights: str | None = None,
+    weights: str | None = None,
+    image_size: int | None = None,
+    anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512),
+    **kwargs: Any,
+) -> FasterRCNN:
+    """Faster R-CNN (Ren et al. 2015) on MobileNetV3-Large-FPN (Howard et al. 2019), high resolution
+    (800-1333 px), as torchvision's ``fasterrcnn_mobilenet_v3_large_fpn``. ``anchor_sizes``: anchor
+    sides in pixels (each on all three feature maps), e.g. ``[16, 32, 64, 128]`` for small objects."""
+    defaults = {"rpn_score_thresh": 0.05}
+    return _fasterrcnn_mobilenet(
+        num_classes, trainable_backbone_layers, backbone_weights, weights, anchor_sizes,
+        {**defaults, **_rcnn_size(image_size, kwargs)},
+    )  # fmt: skip
+
+
+@register_model("detection", source="torchvision")
+def fasterrcnn_mobilenet_v3_large_320_fpn(
+    num_classes: int = 90,
+    trainable_backbone_layers: int | None = None,
+    backbone_weights: str | None = None,
+    weights: str | None = None,
+    image_size: int | None = None,
+    anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512),
+    **kwargs: Any,
+) -> FasterRCNN:
+    """Faster R-CNN (Ren et al. 2015) on MobileNetV3-Large-FPN at low resolution (320 px, fewer
+    proposals), as torchvision's ``fasterrcnn_mobilenet_v3_large_320_fpn``; see the 800-px variant."""
+    defaults = {
+        "min_size": 320,
+        "max_size": 640,
+        "rpn_pre_nms_top_n_test": 150,
+        "rpn_post_nms_top_n_test": 150,
+        "rpn_score_thresh": 0.05,
+    }
+    return _fasterrcnn_mobilenet(
+        num_classes, trainable_backbone_layers, backbone_weights, weights, anchor_sizes,
+        {**defaults, **_rcnn_size(image_size, kwargs)},
+    )  # fmt: skip
+
+
+def _fix_ssd_size(model: SSD, image_size: int | None) -> SSD:
+    # SSD resizes every image to one fixed square (Liu et al. 2016, sec. 3): change that square.
+    # The default boxes are fractions of the image, so they follow the new size.
+    if image_size is not None:
+        model.transform.min_size = (image_size,)
+        model.transform.max_size = image_size
+        model.transform.fixed_size = (image_size, image_size)
+    return model
+
+
+@register_model("detection", source="torchvision")
+def ssd300_vgg16(
+    num_classes: int = 90,
+    trainable_backbone_layers: int | None = None,
+    backbone_weights: str | None = None,
+    weights: str | None = None,
+    image_size: int | None = None,
+    **kwargs: Any,
+) -> SSD:
+    """SSD300 (Liu et al. 2016) on VGG-16 with the paper's default boxes, as torchvision's
+    ``ssd300_vgg16``; ``image_size`` replaces the fixed 300x300 input."""
+    _check_classes(num_classes)
+    if image_size is not None and image_size < 300:
+        raise ValueError(
+            f"ssd300_vgg16 needs image_size >= 300 (its extra layers shrink the map to 1x1 at 300), got "
+            f"{image_size}. Fix: use ssdlite320_mobilenet_v3_large for small images, or image_size >= 300."
+        )
+    trained = backbone_weights is not None or weights is not None  # torchvision's rule
+    layers = _validate_trainable_layers(trained, trainable_backbone_layers, 5, 4)
+    body = vgg16(weights=None)
+    if backbone_weights:
+        load_backbone_weights(body, backbone_weights)
+    backbone = _vgg_extractor(body, False, layers)
+    anchors = DefaultBoxGenerator(
+        [[2], [2, 3], [2, 3], [2, 3], [2], [2]],
+        scales=[0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05],
+        steps=[8, 16, 32, 64, 100, 300],
+    )
+    defaults = {"image_mean": [0.48235, 0.45882, 0.40784], "image_std": [1.0 / 255.0] * 3}
+    model = SSD(backbone, anchors, (300, 300), num_classes + 1, **{**defaults, **kwargs})
+    return _finish(_fix_ssd_size(model, image_size), weights)
+
+
+@register_model("detection", source="torchvision")
+def ssdlite320_mobilenet_v3_large(
+    num_classes: int = 90,
+    trainable_backbone_layers: int | None = None,
+    backbone_weights: str | None = None,
+    weights: str | None = None,
+    image_size: int | None = None,
+    width_mult: float = 1.0,
+    **kwargs: Any,
+) -> SSD:
+    """SSDlite (Sandler et al. 2018, MobileNetV2 sec. 6.2; SSD: Liu et al. 2016) on MobileNetV3-Large
+    (Howard et al. 2019), as torchvision's ``ssdlite320_mobilenet_v3_large``. Without backbone weights
+    the backbone has the paper's reduced tail (MobileNetV3 table 6) and normal initialisation."""
+    _check_classes(num_classes)
+    layers = _validate_trainable_layers(backbone_weights is not None, trainable_backbone_layers, 6, 6)
+    norm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
+    reduced_tail = backbone_weights is None  # ImageNet weights are for the full tail
+    body = mobilenet_v3_large(weights=None, norm_layer=norm, reduced_tail=reduced_tail, width_mult=width_mult)
+    if backbone_weights:
+        load_backbone_weights(body, backbone_weights)
+    else:
+        _normal_init(body)
+    backbone = _ssdlite_extractor(body, layers, norm)
+    size = (320, 320)
+    anchors = DefaultBoxGenerator([[2, 3] for _ in range(6)], min_ratio=0.2, max_ratio=0.95)
+    from torchvision.models.detection import _utils as det_utils
+
+    out_channels = det_utils.retrieve_out_channels(backbone, size)
+    defaults = {
+        "score_thresh": 0.001,
+        "nms_thresh": 0.55,
+        "detections_per_img": 300,
+        "topk_candidates": 300,
+        "image_mean": [0.5, 0.5, 0.5],  # [0, 1] -> [-1, 1], what the backbone expects
+        "image_std": [0.5, 0.5, 0.5],
+    }
+    head = SSDLiteHead(out_channels, anchors.num_anchors_per_location(), num_classes + 1, norm)
+    model = SSD(backbone, anchors, size, num_classes + 1, head=head, **{**defaults, **kwargs})
+    return _finish(_fix_ssd_size(model, image_size), weights)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(all, trainable) parameter counts."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
+
+
+__all__ = [
+    "PretrainedWeightsError",
+    "count_parameters",
+    "fasterrcnn_mobilenet_v3_large_320_fpn",
+    "fasterrcnn_mobilenet_v3_large_fpn",
+    "fasterrcnn_resnet50_fpn",
+    "fasterrcnn_resnet50_fpn_v2",
+    "load_backbone_weights",
+    "load_detector_weights",
+    "ssd300_vgg16",
+    "ssdlite320_mobilenet_v3_large",
+]

@@ -1,0 +1,206 @@
+"""The segmenter's report: per-class IoU and Dice, pixel and Rand error, a per-image table (also
+``per_image.csv``), and overlays of the best and worst images (ranked by their mean IoU over classes).
+
+Per-image scores are computed here from the predicted class maps that ``SemanticSegmenter.test_step``
+returns; the data-set numbers in the report are the module's logged (torchmetrics) ones.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from zoo.evaluation.report import (
+    FamilyReport,
+    Figure,
+    ReportWriter,
+    Section,
+    Table,
+    display_image,
+    register_report_writer,
+    save_figure,
+)
+from zoo.segmentation.metrics import rand_error
+from zoo.segmentation.module import OVERLAY_COLOURS, SemanticSegmenter, class_colours
+
+
+def per_image_scores(
+    pred: torch.Tensor, mask: torch.Tensor, num_classes: int, foreground_class: int | None
+) -> dict[str, Any]:
+    """Pixel error, per-class IoU and Dice (NaN for a class absent from both maps), their means, and the Rand error
+    of one predicted class map against the true one."""
+    pred, mask = pred.flatten().long(), mask.flatten().long()
+    inter = torch.bincount(mask[pred == mask], minlength=num_classes).double()
+    area_pred = torch.bincount(pred, minlength=num_classes).double()
+    area_true = torch.bincount(mask, minlength=num_classes).double()
+    union = area_pred + area_true - inter
+    iou = torch.where(union > 0, inter / union.clamp_min(1), torch.full_like(union, float("nan")))
+    total = area_pred + area_true
+    dice = torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.full_like(total, float("nan")))
+    scores: dict[str, Any] = {
+        "pixel_error": float((pred != mask).double().mean()),
+        "iou": iou.tolist(),
+        "dice": dice.tolist(),
+        "mean_iou": float(iou.nanmean()),
+        "mean_dice": float(dice.nanmean()),
+    }
+    return scores
+
+
+@register_report_writer(SemanticSegmenter)
+class SegmentationReport(ReportWriter):
+    """Scores every test image; keeps the ``examples`` best and worst images (by mean IoU) for the overlays."""
+
+    examples = 3
+
+    def __init__(self, module: SemanticSegmenter) -> None:
+        super().__init__(module)
+        self.rows: list[dict[str, Any]] = []
+        self.kept: list[
+            tuple[float, str, torch.Tensor, torch.Tensor, torch.Tensor]
+        ] = []  # (mean IoU, name, image, mask, pred)
+
+    def collect(self, module: Any, batch: dict[str, Any], outputs: Any) -> None:
+        preds = outputs if isinstance(outputs, torch.Tensor) else module(batch["image"]).argmax(dim=1)
+        fg = module.hparams.get("foreground_class")
+        for i, (pred, mask) in enumerate(zip(preds.cpu(), batch["mask"].cpu(), strict=True)):
+            name = batch["name"][i] if "name" in batch else f"image_{self.num_samples}"
+            scores = per_image_scores(pred, mask, module.num_classes, fg)
+            if fg is not None:
+                scores["rand_error"] = rand_error(pred, mask, fg)
+            self.rows.append({"name": str(name), **scores})
+            self.num_samples += 1
+            self.kept.append((scores["mean_iou"], str(name), batch["image"][i].cpu(), mask, pred))
+            # keep only the best and worst few: images can be large
+            ranked = sorted(self.kept, key=lambda k: (math.isnan(k[0]), k[0]))
+            if len(ranked) > 2 * self.examples:
+                ranked = ranked[: self.examples] + ranked[-self.examples :]
+            self.kept = ranked
+
+    def write(self, module: Any, metrics: dict[str, float], report_dir: Path) -> FamilyReport:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        names = list(module.class_names)
+        fg = module.hparams.get("foreground_class")
+        class_rows = [
+            [name, metrics.get(f"test/iou_{name}", float("nan")), metrics.get(f"test/dice_{name}", float("nan"))]
+            for name in names
+        ]
+        summary = [
+            ["mean IoU", metrics.get("test/iou", float("nan"))],
+            ["mean Dice", metrics.get("test/dice", float("nan"))],
+            ["pixel error", metrics.get("test/pixel_error", float("nan"))],
+        ]
+        if fg is not None:
+            summary.append([f"Rand error (foreground: {names[fg]})", metrics.get("test/rand_error", float("nan"))])
+        summary.append(["test images", self.num_samples])
+        headers = [
+            "image",
+            "pixel error",
+            "mean IoU",
+            "mean Dice",
+            *[f"IoU {n}" for n in names],
+            *[f"Dice {n}" for n in names],
+        ]
+        if fg is not None:
+            headers.insert(2, "Rand error")
+        table_rows = []
+        for row in sorted(self.rows, key=lambda r: r["mean_iou"] if not math.isnan(r["mean_iou"]) else -1):
+            cells = [row["name"], row["pixel_error"], row["mean_iou"], row["mean_dice"], *row["iou"], *row["dice"]]
+            if fg is not None:
+                cells.insert(2, row["rand_error"])
+            table_rows.append(cells)
+        with (report_dir / "per_image.csv").open("w", newline="") as handle:
+            csv.writer(handle).writerows([headers, *table_rows])
+        figures = [
+            Figure(
+                save_figure(_class_bars(names, class_rows), report_dir / "per_class_iou_dice.png"),
+                "IoU and Dice per class",
+            )
+        ]
+        ranked = self.kept
+        best = list(reversed(ranked[-self.examples :])) if ranked else []
+        worst = ranked[: self.examples]
+        colours = class_colours(module.num_classes, OVERLAY_COLOURS)
+        for label, chosen in (("best", best), ("worst", worst)):
+            if chosen:
+                fig = _overlay_figure(chosen, colours, f"{label} images by mean IoU")
+                figures.append(
+                    Figure(
+                        save_figure(fig, report_dir / f"{label}_overlays.png"),
+                        f"The {len(chosen)} {label} test images: image | ground truth | prediction | errors (red)",
+                    )
+                )
+        sections = [
+            Section("Summary", tables=[Table(["metric", "value"], summary)]),
+            Section(
+                "Per-class IoU and Dice", tables=[Table(["class", "IoU", "Dice"], class_rows)], figures=figures[:1]
+            ),
+            Section(
+                "Per image",
+                text="Sorted from the worst mean IoU up; also in per_image.csv.",
+                tables=[Table(headers, table_rows)],
+            ),
+            Section("Best and worst images", figures=figures[1:]),
+        ]
+        data = {
+            "per_image": self.rows,
+            "best": [b[1] for b in best],
+            "worst": [w[1] for w in worst],
+            "figures": [f.path.name for f in figures],
+        }
+        return FamilyReport(sections, data)
+
+
+def _class_bars(names: list[str], rows: list[list[Any]]) -> Any:
+    import matplotlib.pyplot as plt
+
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(4, 0.8 * len(names) + 2), 3.5))
+    ax.bar(x - 0.2, [r[1] for r in rows], width=0.4, label="IoU")
+    ax.bar(x + 0.2, [r[2] for r in rows], width=0.4, label="Dice")
+    ax.set_xticks(x, names, rotation=30, ha="right")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def _overlay_figure(
+    chosen: list[tuple[float, str, torch.Tensor, torch.Tensor, torch.Tensor]], colours: np.ndarray, title: str
+) -> Any:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(chosen), 4, figsize=(12, 3.1 * len(chosen)), squeeze=False)
+    for row, (score, name, image, mask, pred) in zip(axes, chosen, strict=True):
+        shown = display_image(image)
+        base = np.repeat(shown[..., None], 3, axis=-1) if shown.ndim == 2 else shown
+
+        def tint(classes: torch.Tensor, base: np.ndarray = base) -> np.ndarray:
+            c = classes.numpy()
+            out = base.copy()
+            on = c > 0
+            out[on] = 0.55 * out[on] + 0.45 * colours[c[on]] / 255.0
+            return out
+
+        errors = base.copy()
+        wrong = (pred != mask).numpy()
+        errors[wrong] = [1.0, 0.0, 0.0]
+        for ax, panel, caption in zip(
+            row,
+            (base, tint(mask), tint(pred), errors),
+            (f"{name} (mean IoU {score:.3f})", "ground truth", "prediction", "errors"),
+            strict=True,
+        ):
+            ax.imshow(panel)
+            ax.set_title(caption, fontsize=9)
+            ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,182 @@
+"""Feature extractors for FID: a zoo classifier trained on real MNIST (the default for MNIST-like
+data), or torchmetrics' Inception v3 from a local weights file.
+
+Inception features (Heusel et al. 2017) were made for 299x299 colour photographs; on 28x28 digits a
+classifier trained on the digits themselves is the usual substitute, and costs no download. The
+zoo's default is LeNet-5 (``lenet5``) trained for one epoch on the MNIST training split (about
+98.5% test accuracy, half a minute on a CPU) by :func:`train_feature_classifier`:
+
+    python -m zoo.generative.features --out checkpoints/fid_lenet5_mnist.ckpt
+
+Its features are the **input of the last linear layer** (LeNet-5: the 84 F6 activations,
+``net.classifier.2``'s output; ``convnet``: the 576 pooled, flattened conv features): the
+penultimate layer, as pool3 is for Inception. FID values computed with different extractors (or
+checkpoints) are not comparable: report which checkpoint was used.
+
+Every extractor here takes images in [0, 1] and converts them to what its network expects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+def _last_linear(net: nn.Module) -> tuple[str, nn.Linear]:
+    linears = [(name, m) for name, m in net.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(net).__name__} has no nn.Linear layer whose input could serve as features")
+    return linears[-1]
+
+
+class ClassifierFeatures(nn.Module):
+    """Penultimate-layer features of a zoo classifier: the input of its last ``nn.Linear``.
+
+    Args:
+        classifier: an ``ImageClassifier`` (or any network) trained on normalized images.
+        mean, std: the normalization the classifier was trained with (MNIST's by default);
+            inputs in [0, 1] are converted to it.
+
+    The network stays in eval mode and its parameters are frozen: FID needs fixed features.
+    """
+
+    def __init__(self, classifier: nn.Module, mean: float = MNIST_MEAN, std: float = MNIST_STD) -> None:
+        super().__init__()
+        self.net = getattr(classifier, "net", classifier)
+        self.layer_name, layer = _last_linear(self.net)
+        self.num_features = layer.in_features  # read by torchmetrics' FID instead of a dummy forward pass
+        self.mean, self.std = mean, std
+        self._captured: torch.Tensor | None = None
+        layer.register_forward_hook(self._capture)
+        self.requires_grad_(False)
+        self.eval()
+
+    def _capture(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        self._captured = inputs[0]
+
+    def train(self, mode: bool = True) -> ClassifierFeatures:
+        return super().train(False)  # batch-norm statistics and dropout must not change the features
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``(N, D)`` features of images ``(N, C, H, W)`` in [0, 1]."""
+        self.net((images.float() - self.mean) / self.std)
+        features, self._captured = self._captured, None
+        assert features is not None
+        return features.flatten(1)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, mean: float = MNIST_MEAN, std: float = MNIST_STD) -> ClassifierFeatures:
+        """Load an ``ImageClassifier`` checkpoint (e.g. from :func:`train_feature_classifier`)."""
+        from zoo.classification import ImageClassifier
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"FID feature classifier {path} not found. Fix: train it once with "
+                f"`python -m zoo.generative.features --out {path}` (about half a minute on a CPU), "
+                f"or point fid_classifier at an existing ImageClassifier checkpoint."
+            )
+        try:
+            model = ImageClassifier.load_from_checkpoint(path, map_location="cpu")
+        except (KeyError, TypeError, RuntimeError) as err:
+            raise ValueError(f"{path} is not an ImageClassifier checkpoint ({type(err).__name__}: {err})") from err
+        return cls(model, mean, std)
+
+
+class InceptionFeatures(nn.Module):
+    """Inception v3 pool3 features (2048) as in Heusel et al. 2017, through torchmetrics, from a
+    local weights file (``pt_inception-2015-12-05-6726825d.pth``, the FID reference weights).
+
+    Grayscale inputs are repeated to three channels; torchmetrics resizes to 299x299. Needs the
+    ``torch-fidelity`` package (``pip install torch-fidelity``); nothing is downloaded.
+    """
+
+    def __init__(self, weights_path: str | Path) -> None:
+        super().__init__()
+        weights_path = Path(weights_path)
+        if not weights_path.is_file():
+            raise FileNotFoundError(
+                f"Inception weights {weights_path} not found. Fix: copy the FID Inception weights "
+                "(pt_inception-2015-12-05-6726825d.pth, from torch-fidelity's release page) there."
+            )
+        from torchmetrics.image.fid import NoTrainInceptionV3
+        from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
+
+        if not _TORCH_FIDELITY_AVAILABLE:
+            raise ModuleNotFoundError(
+                "Inception FID needs the torch-fidelity package: pip install torch-fidelity "
+                "(or use the zoo classifier features: fid_classifier=...)."
+            )
+        self.inception = NoTrainInceptionV3(
+            name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(weights_path)
+        )
+        self.num_features = 2048
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        return self.inception((images.clamp(0, 1) * 255).to(torch.uint8)).reshape(len(images), -1)
+
+
+def train_feature_classifier(
+    out: str | Path,
+    data_dir: str | None = None,
+    backbone: str = "lenet5",
+    epochs: int = 1,
+    seed: int = 0,
+    fashion: bool = False,
+) -> Path:
+    """Train the FID feature classifier on real (Fashion-)MNIST and save its checkpoint to ``out``.
+
+    ``ImageClassifier(backbone)`` with AdamW (lr 2e-3), batch 128, no augmentation, for ``epochs``
+    epochs; the checkpoint loads with :meth:`ClassifierFeatures.from_checkpoint`.
+    """
+    import pytorch_lightning as pl
+
+    from datamodules import FashionMNISTDataModule, MNISTDataModule
+    from zoo.classification import ImageClassifier
+
+    pl.seed_everything(seed, verbose=False)
+    dm_class = FashionMNISTDataModule if fashion else MNISTDataModule
+    dm = dm_class(data_dir=data_dir, augment=False, batch_size=128)
+    model = ImageClassifier(
+        backbone=backbone,
+        optimizer=functools.partial(torch.optim.AdamW, lr=2e-3),  # stored as plain data (zoo.utils.optim)
+    )
+    trainer = pl.Trainer(
+        max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, accelerator="cpu", devices=1, num_sanity_val_steps=0,
+    )
+    trainer.fit(model, dm)
+    result = trainer.validate(model, dm, verbose=False)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    trainer.save_checkpoint(out)
+    acc = result[0].get("val/acc") if result else None
+    print(f"FID feature classifier {backbone}: val accuracy {acc:.4f}, saved to {out}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Train the FID feature classifier on real MNIST.")
+    parser.add_argument("--out", required=True, help="checkpoint path to write")
+    parser.add_argument("--data-dir", default=None, help="default: $ZOO_DATA_DIR, else ./data")
+    parser.add_argument("--backbone", default="lenet5")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fashion", action="store_true", help="Fashion-MNIST instead of MNIST")
+    args: Any = parser.parse_args(argv)
+    train_feature_classifier(args.out, args.data_dir, args.backbone, args.epochs, args.seed, args.fashion)
+
+
+if __name__ == "__main__":
+    main()
