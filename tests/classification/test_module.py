@@ -232,3 +232,16 @@ def test_checkpoint_of_a_module_built_in_python_loads_with_weights_only(tmp_path
         torch.testing.assert_close(a, b)
     optimizer = restored.configure_optimizers()["optimizer"]
     assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["momentum"] == 0.9
+
+
+def test_validate_before_fit_leaves_the_evaluation_metrics_usable_in_fit():
+    # trainer.validate resets metrics under inference mode; fit's validation must still update them.
+    dm = DigitsDataModule(batch_size=64)
+    model = ImageClassifier(backbone="convnet", num_classes=10, in_channels=1)
+    trainer = pl.Trainer(
+        max_epochs=1, limit_train_batches=2, limit_val_batches=2, num_sanity_val_steps=0, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )
+    first = trainer.validate(model, dm, verbose=False)[0]["val/loss"]
+    trainer.fit(model, dm)
+    assert torch.isfinite(torch.tensor(first)) and "val/loss" in trainer.callback_metrics

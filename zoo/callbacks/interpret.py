@@ -68,7 +68,11 @@ class InterpretationCallback(pl.Callback):
             self.mean, self.std = dm.mean, dm.std
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if (trainer.current_epoch + 1) % self.every_n_epochs or not trainer.is_global_zero:
+        if (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        # trainer.log_dir is a broadcast under DDP: every rank reads it, or rank 0 waits forever.
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        if not trainer.is_global_zero:
             return
         if self.images is None:
             self._fixed_images(trainer)
@@ -92,5 +96,5 @@ class InterpretationCallback(pl.Callback):
             if hasattr(experiment, "add_figure"):
                 experiment.add_figure(f"interpret/{method}", fig, global_step=trainer.global_step)
             else:
-                folder = Path(trainer.log_dir or trainer.default_root_dir) / "interpret"
+                folder = log_dir / "interpret"
                 self.saved.append(save_figure(fig, folder / f"{method}_epoch{trainer.current_epoch:03d}.png"))

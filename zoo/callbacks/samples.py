@@ -29,9 +29,13 @@ class SampleGridCallback(pl.Callback):
         self.save_png = save_png
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or not hasattr(pl_module, "sample_grids"):
+        if trainer.sanity_checking or not hasattr(pl_module, "sample_grids"):
             return
         if (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        # trainer.log_dir is a broadcast under DDP: every rank reads it, or rank 0 waits forever.
+        log_dir = _log_dir(trainer)
+        if not trainer.is_global_zero:
             return
         grids: dict[str, torch.Tensor] = pl_module.sample_grids()
         experiment = getattr(trainer.logger, "experiment", None)
@@ -40,7 +44,7 @@ class SampleGridCallback(pl.Callback):
             if hasattr(experiment, "add_image"):
                 experiment.add_image(f"samples/{name}", grid, global_step=trainer.global_step)
             if self.save_png:
-                folder = _log_dir(trainer) / "samples"
+                folder = log_dir / "samples"
                 folder.mkdir(parents=True, exist_ok=True)
                 save_image(grid, folder / f"{name}_epoch={trainer.current_epoch:03d}.png")
 
@@ -72,10 +76,11 @@ class GenerativePredictionWriter(pl.Callback):
             self._outputs.append({k: v.detach().cpu() for k, v in outputs.items() if isinstance(v, torch.Tensor)})
 
     def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # trainer.log_dir is a broadcast under DDP: read it on every rank before any rank returns.
+        folder = Path(self.output_dir) if self.output_dir else _log_dir(trainer) / "predictions"
         if not self._outputs or not trainer.is_global_zero:
             return
         merged = {k: torch.cat([o[k] for o in self._outputs]) for k in self._outputs[0]}
-        folder = Path(self.output_dir) if self.output_dir else _log_dir(trainer) / "predictions"
         folder.mkdir(parents=True, exist_ok=True)
         torch.save(merged, folder / "predictions.pt")
         for name, value in merged.items():

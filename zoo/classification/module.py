@@ -24,7 +24,7 @@ from zoo.classification.finetune import (
 from zoo.classification.models.googlenet import googlenet_loss, main_logits
 from zoo.registry import create_model
 from zoo.utils.checkpoint import ZooCheckpointMixin
-from zoo.utils.checks import check_model_fits_data
+from zoo.utils.checks import check_model_fits_data, release_inference_metric_states
 from zoo.utils.optim import as_factory, build_optimizers, plain_factory_hparams
 
 
@@ -231,6 +231,12 @@ class ImageClassifier(ZooCheckpointMixin, pl.LightningModule):
         self.test_confmat.update(logits, batch[1])
         self.test_calibration.update(logits.softmax(dim=1), batch[1])
         return logits  # per-sample outputs for callbacks (zoo.evaluation's report)
+
+    def on_validation_epoch_start(self) -> None:
+        release_inference_metric_states(self)
+
+    def on_test_epoch_start(self) -> None:
+        release_inference_metric_states(self)
 
     def on_test_epoch_end(self) -> None:
         per_class = self.test_per_class.compute()

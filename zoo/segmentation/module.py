@@ -19,7 +19,7 @@ from zoo.segmentation.metrics import PixelError, RandError
 from zoo.segmentation.models.unet import center_crop
 from zoo.segmentation.tiling import predict_tiled
 from zoo.utils.checkpoint import ZooCheckpointMixin
-from zoo.utils.checks import check_model_fits_data
+from zoo.utils.checks import check_model_fits_data, release_inference_metric_states
 from zoo.utils.optim import as_factory, build_optimizers, plain_factory_hparams
 
 # class colours of masks, overlays and the validation grid (class 0 first)
@@ -267,6 +267,12 @@ class SemanticSegmenter(ZooCheckpointMixin, pl.LightningModule):
         for key, value in values.items():
             self.log(key, value, prog_bar=key.endswith(("/pixel_error", "/rand_error")))
         return {k: float(v) for k, v in values.items()}
+
+    def on_validation_epoch_start(self) -> None:
+        release_inference_metric_states(self)
+
+    def on_test_epoch_start(self) -> None:
+        release_inference_metric_states(self)
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
