@@ -20,7 +20,7 @@ from zoo.generative.metrics import (
     frechet_distance,
     one_nn_accuracy,
 )
-from zoo.utils.checkpoint import ZooCheckpointMixin
+from zoo.utils.checkpoint import ZooCheckpointMixin, checkpoint_model_class
 
 ImageRange = Literal["unit", "symmetric"]
 RANGES: dict[str, tuple[float, float]] = {"unit": (0.0, 1.0), "symmetric": (-1.0, 1.0)}
@@ -37,14 +37,6 @@ def _resolve(class_path: str) -> type | None:
         return getattr(importlib.import_module(module_name), name, None)
     except ImportError:
         return None
-
-
-def checkpoint_model_class(checkpoint: dict[str, Any]) -> str | None:
-    """The class path of the LightningModule that wrote a loaded checkpoint, when it says
-    (``checkpoint["zoo"]["class_path"]``, written by every zoo module through
-    :class:`zoo.utils.checkpoint.ZooCheckpointMixin`; ``_class_path``, by LightningCLI)."""
-    hparams = checkpoint.get("hyper_parameters") or {}
-    return (checkpoint.get("zoo") or {}).get("class_path") or hparams.get("_class_path")
 
 
 def check_checkpoint_class(path: str | Path, expected: type | str, unknown_ok: bool = True) -> None:

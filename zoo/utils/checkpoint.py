@@ -139,6 +139,13 @@ class CheckpointInfo:
         return scores
 
 
+def checkpoint_model_class(checkpoint: dict[str, Any]) -> str | None:
+    """The class path of the LightningModule that wrote a loaded checkpoint, when it says
+    (``checkpoint["zoo"]["class_path"]``, written by :class:`ZooCheckpointMixin`; ``_class_path``, by LightningCLI)."""
+    hparams = checkpoint.get("hyper_parameters") or {}
+    return (checkpoint.get("zoo") or {}).get("class_path") or hparams.get("_class_path")
+
+
 def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
     """Read a checkpoint's class, hyperparameters and provenance (a clear error for a missing or foreign file)."""
     path = Path(path)
@@ -161,7 +168,7 @@ def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
         )
     hparams = dict(raw.get("hyper_parameters") or {})
     zoo_entry = raw.get("zoo") or {}
-    found = zoo_entry.get("class_path") or hparams.get("_class_path")
+    found = checkpoint_model_class(raw)
     if found is None:
         found = next((cls for arg, cls in _CLASS_BY_NAME_ARG.items() if arg in hparams), None)
     return CheckpointInfo(
