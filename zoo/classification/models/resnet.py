@@ -89,8 +89,9 @@ class StochasticDepthBasicBlock(BasicBlock, _StochasticDepthBlock):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(self.drop_path(out) + identity)
+        out = self.drop_path(self.bn2(self.conv2(out)))
+        out += identity  # in place, as torchvision's block: one feature-map allocation less per block
+        return self.relu(out)
 
 
 class StochasticDepthBottleneck(Bottleneck, _StochasticDepthBlock):
@@ -104,8 +105,9 @@ class StochasticDepthBottleneck(Bottleneck, _StochasticDepthBlock):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(self.drop_path(out) + identity)
+        out = self.drop_path(self.bn3(self.conv3(out)))
+        out += identity  # in place, as torchvision's block: one feature-map allocation less per block
+        return self.relu(out)
 
 
 def _torchvision_resnet(
@@ -354,8 +356,9 @@ class CifarBasicBlock(nn.Module, _StochasticDepthBlock):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(self.drop_path(out) + self.shortcut(x))
+        out = self.drop_path(self.bn2(self.conv2(out)))
+        out += self.shortcut(x)  # in place: one feature-map allocation less per block
+        return self.relu(out)
 
 
 class CifarResNet(nn.Module):
