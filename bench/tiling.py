@@ -140,6 +140,10 @@ def main() -> None:
     parser.add_argument("--memory-tile", type=int, default=572)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", default=None, help="JSON path (default bench/results/tiling.json)")
+    parser.add_argument(
+        "--parts", nargs="+", choices=["throughput", "memory"], default=["throughput", "memory"],
+        help="which measurements to run (memory alone is insensitive to other jobs on the CPU)",
+    )
     parser.add_argument("--memory-probe", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
@@ -148,56 +152,58 @@ def main() -> None:
         print(json.dumps(memory_probe(args.memory_probe, args.memory_tile, args.base_channels, args.batch)))
         return
 
-    torch.manual_seed(0)
-    unet = UNet(2, 1, base_channels=args.base_channels).eval()
-    name = f"unet (valid, {args.base_channels} ch)"
-    rows = throughput(unet, args.size, args.tiles, 0, args.batch, args.repeats, name)
-    smp_net = build_smp("unet", 2, 1, "resnet18").eval()
-    if args.smp_weights:
-        smp_net.load_state_dict(torch.load(args.smp_weights, map_location="cpu", weights_only=True))
-    rows += throughput(
-        smp_net,
-        args.size,
-        args.smp_tiles,
-        args.overlap,
-        args.batch,
-        args.repeats,
-        "smp_unet resnet18 (padded)" + ("" if args.smp_weights else ", random weights"),
-    )
-    headers = [
-        "network",
-        "mode",
-        "tile",
-        "tiles",
-        "s",
-        "Mpx/s",
-        "x whole",
-        "max |diff|",
-        "mean |diff|",
-        "class changed",
-    ]
-    table = markdown_table(
-        headers,
-        [
+    rows: list[dict] = []
+    if "throughput" in args.parts:
+        torch.manual_seed(0)
+        unet = UNet(2, 1, base_channels=args.base_channels).eval()
+        name = f"unet (valid, {args.base_channels} ch)"
+        rows = throughput(unet, args.size, args.tiles, 0, args.batch, args.repeats, name)
+        smp_net = build_smp("unet", 2, 1, "resnet18").eval()
+        if args.smp_weights:
+            smp_net.load_state_dict(torch.load(args.smp_weights, map_location="cpu", weights_only=True))
+        rows += throughput(
+            smp_net,
+            args.size,
+            args.smp_tiles,
+            args.overlap,
+            args.batch,
+            args.repeats,
+            "smp_unet resnet18 (padded)" + ("" if args.smp_weights else ", random weights"),
+        )
+        headers = [
+            "network",
+            "mode",
+            "tile",
+            "tiles",
+            "s",
+            "Mpx/s",
+            "x whole",
+            "max |diff|",
+            "mean |diff|",
+            "class changed",
+        ]
+        table = markdown_table(
+            headers,
             [
-                r["network"],
-                r["mode"],
-                r["tile"],
-                r["tiles"],
-                r["seconds"],
-                r["mpix_per_s"],
-                r["relative"],
-                r["max_abs_diff"],
-                r["mean_abs_diff"],
-                r["class_changed"],
-            ]
-            for r in rows
-        ],
-    )
-    print(f"## Overlap-tile throughput, {args.size}x{args.size} image\n\n{table}\n")
+                [
+                    r["network"],
+                    r["mode"],
+                    r["tile"],
+                    r["tiles"],
+                    r["seconds"],
+                    r["mpix_per_s"],
+                    r["relative"],
+                    r["max_abs_diff"],
+                    r["mean_abs_diff"],
+                    r["class_changed"],
+                ]
+                for r in rows
+            ],
+        )
+        print(f"## Overlap-tile throughput, {args.size}x{args.size} image\n\n{table}\n")
 
     memory = []
-    for size in args.memory_sizes:
+    for size in args.memory_sizes if "memory" in args.parts else []:
         cmd = [
             sys.executable,
             __file__,
