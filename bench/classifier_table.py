@@ -155,6 +155,7 @@ def remeasure_ratios(args: argparse.Namespace) -> None:
         if has_torchvision_twin(row["model"]) and any(fnmatch.fnmatch(row["model"], p) for p in args.models):
             row["zoo_vs_torchvision"] = torchvision_ratio(row["model"], args)
             print(row["model"], round(row["zoo_vs_torchvision"], 4), flush=True)
+            title, table, path, md = write_outputs(results, args)
     title, table, path, md = write_outputs(results, args)
     print("\n" + title + "\n\n" + table + f"\n\nwrote {path} and {md}")
 
