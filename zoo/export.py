@@ -16,6 +16,22 @@ network's tile, e.g. 572x572 -> 388x388 for the paper's valid U-Net). ONNX is tr
 exporter first (fast) and then with the ``torch.export`` one (handles e.g. adaptive pooling to sizes that do
 not divide the input). A model that cannot be exported gets ``"exported": false`` and the reason in the JSON
 and a non-zero exit status.
+
+Detectors (``ObjectDetector``: torchvision's Faster R-CNN and SSD) are exported whole, with their own resizing,
+normalization, box decoding and non-maximum suppression inside; the input is an RGB image in [0, 1] of any size,
+the outputs are the detections (``boxes`` x1, y1, x2, y2 in the input's pixels, ``scores``, ``labels`` 1..K):
+
+* TorchScript: ``torch.jit.script`` (torchvision's detectors are written to be scriptable; tracing would freeze
+  their data-dependent control flow). The loaded module takes a *list* of images and returns a list of
+  ``{boxes, scores, labels}`` dicts, as ``ObjectDetector.forward`` in eval mode.
+* ONNX: the TorchScript-based exporter (torchvision's documented route; opset >= 11, here ``ONNX_OPSET``) on one
+  image ``(3, height, width)`` with dynamic height and width; three outputs ``boxes``, ``scores``, ``labels``.
+  Tracing a detector takes seconds to a minute (ResNet-50-FPN), far longer than a classifier.
+
+Parity of detections is checked without relying on their order (detections of equal score may come out in
+another order): ``max_abs_diff`` is the largest difference, in box coordinates (pixels) or score, between a
+detection and its nearest detection of the same label in the other output, both ways; the check fails when the
+two outputs hold different numbers of detections.
 """
 
 from __future__ import annotations
@@ -30,12 +46,14 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from torch import Tensor
 
 from zoo.utils.checkpoint import CheckpointError, class_path, find_run_config, load_zoo_module, software_versions
 
 FORMATS = ("onnx", "torchscript")
 ONNX_OPSET = 18
-TOLERANCE = {"classification": 1e-4, "segmentation": 1e-3}
+# detection: pixels of box coordinates and score units (the networks resize the image inside: more float error)
+TOLERANCE = {"classification": 1e-4, "segmentation": 1e-3, "detection": 1e-3}
 
 
 class ExportError(RuntimeError):
@@ -53,6 +71,31 @@ class _Logits(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         out = self.inner(image)
         return out if isinstance(out, torch.Tensor) else out[0]
+
+
+class _Detections(nn.Module):
+    """What a detector's TorchScript file holds: images (list of ``(3, H, W)`` in [0, 1]) -> detections."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        if torch.jit.is_scripting():
+            return self.net(images)[1]  # a scripted torchvision detector returns (losses, detections)
+        return self.net(images)
+
+
+class _DetectionsONNX(nn.Module):
+    """What a detector's ONNX file holds: one image ``(3, H, W)`` in [0, 1] -> ``boxes``, ``scores``, ``labels``."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        detections = self.net([image])[0]
+        return detections["boxes"], detections["scores"], detections["labels"]
 
 
 def model_family(module: nn.Module) -> str:
@@ -100,6 +143,8 @@ def resolve_config(ckpt: Path, config: str | Path | None) -> Path:
 def real_test_image(datamodule: Any, family: str) -> torch.Tensor:
     """The first test image of the datamodule, ``(1, C, H, W)``, normalized as the model saw it in training."""
     batch = next(iter(datamodule.test_dataloader()))
+    if family == "detection":  # a list of images of any sizes
+        return batch["images"][0][None].float()
     images = batch["image"] if isinstance(batch, dict) else batch[0]
     return images[:1].float()
 
@@ -195,6 +240,128 @@ def _run_torchscript(path: Path, example: torch.Tensor) -> torch.Tensor:
         return torch.jit.load(str(path), map_location="cpu")(example)
 
 
+def _short(error: Exception) -> str:
+    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:300]}"
+
+
+def _export_detector_torchscript(net: nn.Module, path: Path) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            scripted = torch.jit.script(_Detections(net).eval())
+        except Exception as error:  # noqa: BLE001  (any scripting failure is reported as the reason)
+            raise ExportError(f"torch.jit.script: {_short(error)}") from error
+        scripted.save(str(path))
+    return "torch.jit.script"
+
+
+def _export_detector_onnx(net: nn.Module, image: Tensor, path: Path) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(
+                _DetectionsONNX(net).eval(),
+                (image,),
+                str(path),
+                dynamo=False,
+                opset_version=ONNX_OPSET,
+                input_names=["image"],
+                output_names=["boxes", "scores", "labels"],
+                dynamic_axes={
+                    "image": {1: "height", 2: "width"},
+                    "boxes": {0: "detections"},
+                    "scores": {0: "detections"},
+                    "labels": {0: "detections"},
+                },
+            )
+        except Exception as error:  # noqa: BLE001
+            raise ExportError(f"TorchScript-based ONNX exporter: {_short(error)}") from error
+    return "TorchScript-based (torch.onnx.export, dynamo=False)"
+
+
+def _run_detector(fmt: str, path: Path, image: Tensor) -> dict[str, Tensor]:
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        boxes, scores, labels = session.run(None, {"image": image.numpy()})
+        return {
+            "boxes": torch.from_numpy(boxes),
+            "scores": torch.from_numpy(scores),
+            "labels": torch.from_numpy(labels),
+        }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.jit.load(str(path), map_location="cpu")([image])[0]
+
+
+def detection_difference(expected: dict[str, Tensor], got: dict[str, Tensor]) -> float | None:
+    """The largest difference (box coordinates or score) between a detection and its nearest detection of the same
+    label in the other set, both ways: independent of the order of equal-score detections. None when the two sets
+    differ in size or a detection has no counterpart of its label."""
+    if len(expected["boxes"]) != len(got["boxes"]):
+        return None
+    if not len(expected["boxes"]):
+        return 0.0
+
+    def rows(d: dict[str, Tensor]) -> Tensor:
+        return torch.cat([d["boxes"].double().reshape(-1, 4), d["scores"].double().reshape(-1, 1)], dim=1)
+
+    distance = (rows(expected)[:, None] - rows(got)[None]).abs().amax(dim=-1)
+    distance[expected["labels"].reshape(-1, 1) != got["labels"].reshape(1, -1)] = float("inf")
+    worst = max(float(distance.min(dim=1).values.max()), float(distance.min(dim=0).values.max()))
+    return worst if worst != float("inf") else None
+
+
+def _export_detector(module: nn.Module, fmt: str, output: Path, example: Tensor, report: dict[str, Any]) -> None:
+    """Export and check a detector (see the module docstring); fills ``report``, raises :class:`ExportError`."""
+    image = (example[0] if example.ndim == 4 else example).float()
+    net = module.net.eval()
+    with torch.no_grad():
+        expected = {k: v.detach() for k, v in net([image])[0].items()}
+    start = time.perf_counter()
+    if fmt == "onnx":
+        report["exporter"] = _export_detector_onnx(net, image, output)
+        report["opset"] = ONNX_OPSET
+        report["runtime"] = "onnxruntime"
+        report["input"].update(name="image", shape=[3, "height", "width"])
+    else:
+        report["exporter"] = _export_detector_torchscript(net, output)
+        report["runtime"] = "torch.jit.load"
+        report["input"].update(name="images", shape=["list of", 3, "height", "width"])
+    try:
+        with torch.no_grad():
+            got = {k: v.detach() for k, v in _run_detector(fmt, output, image).items()}
+    except Exception as error:  # noqa: BLE001
+        raise ExportError(f"exported, but {report['runtime']} cannot run the file: {_short(error)}") from error
+    diff = detection_difference(expected, got)
+    tolerance = TOLERANCE["detection"]
+    report.update(
+        exported=True,
+        export_seconds=round(time.perf_counter() - start, 2),
+        output={
+            "boxes": ["detections", 4],
+            "scores": ["detections"],
+            "labels": ["detections"],
+            "boxes_format": "x1, y1, x2, y2 in the input image's pixels",
+            "labels_meaning": "label k is class_names[k - 1] (0 is the background, never output)",
+        },
+        parity={
+            "max_abs_diff": diff,
+            "tolerance": tolerance,
+            "passed": diff is not None and diff <= tolerance,
+            "num_detections": {"pytorch": len(expected["boxes"]), "exported": len(got["boxes"])},
+            "test_image_size": list(image.shape[1:]),
+        },
+    )
+    if len(expected["boxes"]) != len(got["boxes"]):
+        report["parity"]["note"] = (
+            f"the exported model kept {len(got['boxes'])} detections where PyTorch keeps {len(expected['boxes'])}: "
+            "its non-maximum suppression kept other boxes. This happens when many detections have equal scores "
+            "(e.g. an untrained network's); check a trained one before relying on the file."
+        )
+
+
 def export_module(
     module: nn.Module,
     fmt: str,
@@ -202,12 +369,13 @@ def export_module(
     example: torch.Tensor,
     extra_spec: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Export ``module`` (an ImageClassifier or SemanticSegmenter) to ``output``, check it on ``example`` and write
-    ``<output>.json``; returns that report. Failures are reported (``exported: false``, ``reason``), not raised."""
+    """Export ``module`` (an ImageClassifier, SemanticSegmenter or ObjectDetector) to ``output``, check it on
+    ``example`` (a detector's: one image, ``(1, 3, H, W)`` or ``(3, H, W)``) and write ``<output>.json``; returns that
+    report. Failures are reported (``exported: false``, ``reason``), not raised."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
     family = model_family(module)
-    model = _Logits(module.eval(), family).eval()
+    module.eval()
     output.parent.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
         "format": fmt,
@@ -218,6 +386,15 @@ def export_module(
         "input": {"name": "image", "shape": ["batch", *example.shape[1:]], "dtype": "float32", **(extra_spec or {})},
         "versions": software_versions(),
     }
+    if family == "detection":
+        report["input"]["range"] = "RGB in [0, 1], any size: the network resizes and normalizes inside"
+        try:
+            _export_detector(module, fmt, output, example, report)
+        except ExportError as error:
+            report.update(exported=False, reason=str(error))
+        output.with_name(output.name + ".json").write_text(json.dumps(report, indent=2) + "\n")
+        return report
+    model = _Logits(module, family).eval()
     start = time.perf_counter()
     try:
         with torch.no_grad():
@@ -268,7 +445,7 @@ def export_checkpoint(
     example = export_input(module, family, real_test_image(datamodule, family), input_size)
     suffix = ".onnx" if fmt == "onnx" else ".pt"
     output = Path(output) if output else ckpt.with_name(f"{ckpt.stem}{suffix}")
-    spec = {
+    spec: dict[str, Any] = {
         "normalization": {
             "mean": list(getattr(datamodule, "mean", []) or []),
             "std": list(getattr(datamodule, "std", []) or []),
@@ -276,6 +453,9 @@ def export_checkpoint(
         "class_names": list(module.class_names),
         "test_image": f"{type(datamodule).__name__} test split, sample 0",
     }
+    if family == "detection":
+        spec["normalization"] = "none: RGB in [0, 1] (the network normalizes inside)"
+        spec["category_ids"] = module.hparams.get("category_ids")
     return export_module(module, fmt, output, example, spec)
 
 
@@ -304,12 +484,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot export {report['network']} to {args.format}: {report['reason']}", file=sys.stderr)
         return 1
     parity = report["parity"]
+    diff = (
+        "n/a (different numbers of detections)" if parity["max_abs_diff"] is None else f"{parity['max_abs_diff']:.2e}"
+    )
     print(
         f"wrote {report['file']} ({report['exporter']}), input {report['input']['shape']}; "
-        f"parity on a real test image: max abs diff {parity['max_abs_diff']:.2e} "
+        f"parity on a real test image: max abs diff {diff} "
         f"(tolerance {parity['tolerance']:.0e}) -> {'ok' if parity['passed'] else 'FAILED'}; "
         f"report {report['file']}.json"
     )
+    if parity.get("note"):
+        print(f"note: {parity['note']}", file=sys.stderr)
     return 0 if parity["passed"] else 1
 
 

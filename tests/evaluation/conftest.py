@@ -59,3 +59,30 @@ def isbi_run(tmp_path_factory, isbi_root) -> tuple[Path, Path]:
             "--trainer.limit_val_batches=1",
         ]
     )
+
+
+@pytest.fixture(scope="session")
+def digits_detection_run(tmp_path_factory, data_root) -> tuple[Path, Path]:
+    """(last.ckpt, config.yaml) of a 2-step run of a half-width SSDlite on eight 64x64 MNIST digit canvases (six more
+    for validation and test)."""
+    work = tmp_path_factory.mktemp("digits_detection_run")
+    return _fit(
+        [
+            "--config",
+            str(ROOT / "configs/detection/digits_ssdlite.yaml"),
+            f"--data.init_args.data_dir={data_root}",
+            f"--data.init_args.canvas_dir={work / 'canvases'}",
+            "--data.init_args.train_count=8",
+            "--data.init_args.val_count=6",
+            "--data.init_args.canvas_size=64",
+            "--data.init_args.digit_scale=[1.0, 1.5]",
+            "--data.init_args.batch_size=4",
+            "--data.init_args.num_workers=0",
+            "--model.init_args.image_size=64",
+            "--model.init_args.network_kwargs={score_thresh: 0.01, detections_per_img: 100, width_mult: 0.5}",
+            "--trainer.num_sanity_val_steps=0",
+            f"--trainer.logger.init_args.save_dir={work}",
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=2",
+        ]
+    )

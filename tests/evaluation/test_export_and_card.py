@@ -11,7 +11,9 @@ from zoo import create_model
 from zoo.card import build_card
 from zoo.card import main as card_main
 from zoo.classification import ImageClassifier
-from zoo.export import export_checkpoint, export_module
+from zoo.detection import ObjectDetector
+from zoo.export import detection_difference, export_checkpoint, export_module
+from zoo.utils.checkpoint import load_zoo_module
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
@@ -33,6 +35,90 @@ def test_segmenter_onnx_export_matches_pytorch(isbi_run, tmp_path):
     assert report["exported"], report.get("reason")
     assert report["parity"]["passed"] and report["parity"]["same_argmax"]
     assert report["output"]["shape"][1] == 2  # two classes, logits per pixel
+
+
+def test_segmenter_torchscript_export_matches_pytorch(isbi_run, tmp_path):
+    ckpt, _ = isbi_run
+    out = tmp_path / "unet.pt"
+    report = export_checkpoint(ckpt, "torchscript", out)
+    assert report["exported"], report.get("reason")
+    assert report["exporter"] == "torch.jit.trace" and report["runtime"] == "torch.jit.load"
+    assert report["parity"]["passed"] and report["parity"]["same_argmax"]
+    assert report["parity"]["max_abs_diff"] <= report["parity"]["tolerance"] == 1e-3
+    assert report["output"]["shape"][1] == 2
+    # the file on its own, against the checkpoint's network, on another batch of the exported tile size
+    net = load_zoo_module(ckpt).net
+    tile = torch.rand(2, *report["input"]["shape"][1:])
+    with torch.no_grad():
+        expected, got = net(tile), torch.jit.load(str(out))(tile)
+    torch.testing.assert_close(got, expected, atol=1e-3, rtol=0)
+
+
+def test_detector_torchscript_export_from_checkpoint_matches_pytorch(digits_detection_run, tmp_path):
+    ckpt, _ = digits_detection_run
+    out = tmp_path / "ssdlite.pt"
+    report = export_checkpoint(ckpt, "torchscript", out)
+    assert report["exported"], report.get("reason")
+    assert report["exporter"] == "torch.jit.script" and report["parity"]["passed"]
+    counts = report["parity"]["num_detections"]
+    assert counts["pytorch"] == counts["exported"] > 0  # a real canvas, score_thresh 0.01: detections to compare
+    spec = json.loads(out.with_name(out.name + ".json").read_text())
+    assert spec["input"]["shape"] == ["list of", 3, "height", "width"]
+    assert spec["input"]["category_ids"] == list(range(1, 11)) and spec["input"]["class_names"][0] == "0"
+    assert "DigitCanvasDataModule test split" in spec["input"]["test_image"]
+    # the file on its own takes a list of images of any size, as ObjectDetector.forward does
+    module = load_zoo_module(ckpt)
+    images = [torch.rand(3, 72, 56), torch.rand(3, 64, 64)]
+    with torch.no_grad():
+        expected, got = module(images), torch.jit.load(str(out))(images)
+    for e, g in zip(expected, got, strict=True):
+        assert detection_difference(e, g) == 0.0
+
+
+def test_faster_rcnn_onnx_export_matches_pytorch_at_any_image_size(tmp_path):
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    module = ObjectDetector("fasterrcnn_mobilenet_v3_large_320_fpn", num_classes=3, image_size=64).eval()
+    out = tmp_path / "frcnn.onnx"
+    report = export_module(module, "onnx", out, torch.rand(1, 3, 64, 80))
+    assert report["exported"], report.get("reason")
+    assert report["opset"] >= 11 and report["runtime"] == "onnxruntime"
+    assert report["parity"]["passed"] and report["parity"]["num_detections"]["pytorch"] > 0
+    assert report["input"]["shape"] == [3, "height", "width"]
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    image = torch.rand(3, 48, 96)  # another size: height and width are dynamic
+    boxes, scores, labels = session.run(None, {"image": image.numpy()})
+    with torch.no_grad():
+        expected = module([image])[0]
+    got = {"boxes": torch.from_numpy(boxes), "scores": torch.from_numpy(scores), "labels": torch.from_numpy(labels)}
+    assert len(got["boxes"]) == len(expected["boxes"]) > 0
+    assert detection_difference(expected, got) <= 1e-3
+
+
+def test_detector_that_cannot_export_says_why(tmp_path, monkeypatch):
+    module = ObjectDetector("ssdlite320_mobilenet_v3_large", num_classes=2, image_size=64)
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Could not compile detector foo")
+
+    monkeypatch.setattr(torch.jit, "script", refuse)
+    report = export_module(module, "torchscript", tmp_path / "d.pt", torch.rand(1, 3, 64, 64))
+    assert report["exported"] is False
+    assert report["reason"] == "torch.jit.script: RuntimeError: Could not compile detector foo"
+    assert json.loads((tmp_path / "d.pt.json").read_text())["reason"] == report["reason"]
+
+
+def test_detection_difference_ignores_the_order_of_detections_and_counts_them():
+    a = {"boxes": torch.tensor([[0.0, 0, 10, 10], [5, 5, 20, 20]]), "scores": torch.tensor([0.5, 0.5]),
+         "labels": torch.tensor([1, 2])}  # fmt: skip
+    b = {k: v.flip(0) for k, v in a.items()}
+    assert detection_difference(a, b) == 0.0
+    b["boxes"] = b["boxes"] + torch.tensor([0.0, 0.25, 0, 0])
+    assert detection_difference(a, b) == 0.25
+    b["labels"] = torch.tensor([1, 1])  # a detection with no counterpart of its label
+    assert detection_difference(a, b) is None
+    assert detection_difference(a, {k: v[:1] for k, v in a.items()}) is None
 
 
 def test_export_of_a_model_that_cannot_export_says_why(tmp_path, monkeypatch):

@@ -175,8 +175,9 @@ class ObjectDetector(pl.LightningModule):
             target = {k: v.cpu() for k, v in batch["targets"][i].items()}
             self._grid.append((batch["images"][i].detach().cpu(), target, pred))
 
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._evaluate(batch, self.test_map)
+    def test_step(self, batch: Batch, batch_idx: int) -> list[dict[str, torch.Tensor]]:
+        """Detections of the batch (the evaluation report draws some), after adding them to the COCO metrics."""
+        return self._evaluate(batch, self.test_map)
 
     def _log_result(self, stage: str, result: dict[str, Any]) -> None:
         for key in ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_1", "mar_10", "mar_100"):

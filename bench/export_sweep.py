@@ -1,0 +1,154 @@
+"""Every registered classifier and segmenter exported to ONNX and TorchScript, run, and compared with PyTorch.
+
+For each model of ``zoo.list_models(family="classification")`` and ``family="segmentation"`` (or ``--models``
+patterns), built with seeded random weights (no files read) and wrapped in its LightningModule
+(``ImageClassifier`` / ``SemanticSegmenter``) so that the export is exactly ``zoo.export.export_module``'s:
+
+* classifiers: 3 x 32 x 32 input (``--size``), 10 classes, the CIFAR-style stem (``small_input=True``) where the
+  builder has one; pass at max abs difference <= 1e-4 of the logits;
+* segmenters: 3 x 64 x 64 input (``--seg-size``; the paper's valid-padding U-Net takes the nearest valid size
+  above), 2 classes; the max abs difference of the logits is reported (and whether every pixel keeps its class).
+
+ONNX runs in onnxruntime (CPU), TorchScript through ``torch.jit.load``; a model that cannot be exported in a format
+gets the reason (the exporter's error) instead of a difference. The model files go to a temporary folder and are
+deleted after each check. Prints a Markdown table and writes ``bench/results/export_sweep.json`` (rewritten after
+every model: an interrupted sweep keeps what it measured).
+
+    python bench/export_sweep.py                                   # everything (long: every ResNet, VGG, smp arch)
+    python bench/export_sweep.py --models lenet5 "resnet2*" unet_same --formats onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import inspect
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, markdown_table, write_json  # noqa: E402
+
+from zoo import get_model_entry, list_models  # noqa: E402
+from zoo.export import FORMATS, TOLERANCE, export_module  # noqa: E402
+
+FAMILIES = ("classification", "segmentation")
+
+
+def build_module(name: str, family: str) -> torch.nn.Module:
+    """The model's LightningModule with seeded random weights, in eval mode."""
+    torch.manual_seed(0)
+    if family == "classification":
+        from zoo.classification import ImageClassifier
+
+        small = "small_input" in inspect.signature(get_model_entry(name).builder).parameters
+        kwargs = {"small_input": True} if small else {}
+        return ImageClassifier(name, num_classes=10, in_channels=3, backbone_kwargs=kwargs).eval()
+    from zoo.segmentation import SemanticSegmenter
+
+    return SemanticSegmenter(name, num_classes=2, in_channels=3).eval()
+
+
+def input_side(module: torch.nn.Module, family: str, args: argparse.Namespace) -> int:
+    if family == "classification":
+        return args.size
+    net = module.net
+    if hasattr(net, "depth") and hasattr(net, "padding") and hasattr(net, "input_size"):  # the paper's U-Net
+        from zoo.segmentation.models.unet import nearest_valid_sizes
+
+        return nearest_valid_sizes(args.seg_size, net.depth, net.padding)[1]
+    return args.seg_size
+
+
+def check(name: str, family: str, fmt: str, args: argparse.Namespace, folder: Path) -> dict:
+    row: dict = {"model": name, "family": family, "format": fmt}
+    try:
+        module = build_module(name, family)
+        side = input_side(module, family, args)
+    except Exception as error:  # noqa: BLE001  (a model that cannot be built is a row with its reason)
+        return {**row, "exported": False, "reason": f"build: {type(error).__name__}: {str(error).splitlines()[0]}"}
+    example = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(1))
+    path = folder / f"{name}.{'onnx' if fmt == 'onnx' else 'pt'}"
+    start = time.perf_counter()
+    try:
+        report = export_module(module, fmt, path, example)
+    except Exception as error:  # noqa: BLE001  (e.g. the runtime rejecting the file): reported, the sweep goes on
+        report = {"exported": False, "reason": f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"}
+    row.update(input=[3, side, side], seconds=round(time.perf_counter() - start, 2), exported=report["exported"])
+    if report["exported"]:
+        parity = report["parity"]
+        row.update(exporter=report["exporter"], max_abs_diff=parity["max_abs_diff"], same_argmax=parity["same_argmax"])
+        if family == "classification":
+            row["passed"] = parity["max_abs_diff"] <= args.tolerance
+    else:
+        row["reason"] = report["reason"]
+    for leftover in (path, path.with_name(path.name + ".json"), path.with_name(path.name + ".data")):
+        leftover.unlink(missing_ok=True)
+    return row
+
+
+def table(results: list[dict]) -> str:
+    headers = ["model", "family", "format", "input", "exporter", "max abs diff", "pass (1e-4)", "same argmax", "s",
+               "reason"]  # fmt: skip
+    rows = []
+    for r in results:
+        passed = {True: "pass", False: "FAIL"}.get(r.get("passed"), "-")
+        if not r["exported"]:
+            passed = "FAIL" if r["family"] == "classification" else "-"
+        rows.append([
+            r["model"], r["family"], r["format"], "x".join(map(str, r.get("input", []))) or None, r.get("exporter"),
+            f"{r['max_abs_diff']:.2e}" if r.get("max_abs_diff") is not None else None, passed, r.get("same_argmax"),
+            r.get("seconds"), (r.get("reason") or "").replace("|", "/")[:160] or None,
+        ])  # fmt: skip
+    return markdown_table(headers, rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="*", default=["*"], help="name patterns (shell wildcards)")
+    parser.add_argument("--families", nargs="*", default=list(FAMILIES), choices=FAMILIES)
+    parser.add_argument("--formats", nargs="*", default=list(FORMATS), choices=FORMATS)
+    parser.add_argument("--size", type=int, default=32, help="classifier input side")
+    parser.add_argument("--seg-size", type=int, default=64, help="segmenter input side")
+    parser.add_argument("--tolerance", type=float, default=TOLERANCE["classification"], help="classifiers' pass bound")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--out", help="JSON path (default bench/results/export_sweep.json)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    names = [
+        (name, family)
+        for family in args.families
+        for name in list_models(family=family)
+        if any(fnmatch.fnmatch(name, p) for p in args.models)
+    ]
+    if not names:
+        sys.exit(f"no registered classifier or segmenter matches {args.models}")
+    settings = {"classifier_input": [1, 3, args.size, args.size], "classifier_tolerance": args.tolerance,
+                "segmenter_input": [1, 3, args.seg_size, args.seg_size], "formats": args.formats,
+                "weights": "random, torch.manual_seed(0)", "input": "torch.randn, seed 1"}  # fmt: skip
+    results: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="export_sweep_") as tmp:
+        for name, family in names:
+            for fmt in args.formats:
+                row = check(name, family, fmt, args, Path(tmp))
+                results.append(row)
+                shown = row.get("max_abs_diff", row.get("reason"))
+                print(f"{name} ({family}) {fmt}: {shown}", flush=True)
+                path = write_json("export_sweep", {"settings": settings, "results": results}, args.out)
+    info = machine()
+    print(f"\nExport sweep: {info['date']}, {info['cpu']}, torch {info['torch']}; "
+          f"classifiers 3x{args.size}x{args.size} (pass: max abs diff <= {args.tolerance:g}), "
+          f"segmenters 3x{args.seg_size}x{args.seg_size}.\n")
+    print(table(results))
+    failed = [r for r in results if r["family"] == "classification" and not r.get("passed")]
+    print(f"\n{len(results)} exports, {len(failed)} classifier failures; wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
