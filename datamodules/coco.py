@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.distributed import make_dataloader
 from datamodules.paths import resolve_data_dir
+from datamodules.transforms import seed_transform
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 BadInput = Literal["error", "skip"]
@@ -321,12 +322,23 @@ def detection_train_transform(
 class COCODetectionDataset(Dataset):
     """Images and targets of a :class:`COCOIndex` (or a subset): ``(image float (3, H, W) in [0, 1],
     target {boxes, labels, iscrowd, area, image_id}, path)``. ``train`` removes crowd regions from the
-    targets; ``transform`` (training only) is an albumentations ``Compose`` with box parameters."""
+    targets; ``transform`` (training only) is an albumentations ``Compose`` with box parameters.
+
+    albumentations 2 draws from its own generators, seeded from the operating system's entropy, not from
+    ``seed_everything``: the transform is reseeded from torch's seed (fixed by ``seed_everything``, different in
+    every DataLoader worker), so that two seeded runs augment alike."""
 
     def __init__(self, records: list[ImageRecord], transform: Any = None, train: bool = False) -> None:
         self.records = records
         self.transform = transform
         self.train = train
+        self._seeded_for: int | None = None
+
+    def _reseed(self) -> None:
+        seed = torch.initial_seed() % 2**63
+        if seed != self._seeded_for:
+            seed_transform(self.transform, seed)
+            self._seeded_for = seed
 
     def __len__(self) -> int:
         return len(self.records)
@@ -345,6 +357,7 @@ class COCODetectionDataset(Dataset):
             keep = crowd == 0
             boxes, labels, crowd, area = boxes[keep], labels[keep], crowd[keep], area[keep]
         if self.transform is not None:
+            self._reseed()
             out = self.transform(image=image, bboxes=boxes.reshape(-1, 4), labels=labels)
             image = out["image"]
             boxes = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)

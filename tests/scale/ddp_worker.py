@@ -131,7 +131,46 @@ def noisy_truth(target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     }
 
 
-BUILDERS = {"classification": classification, "segmentation": segmentation, "detection": detection}
+def generation(data_dir: Path) -> tuple[pl.LightningModule, pl.LightningDataModule, Any]:
+    """A small MLP VAE, briefly trained, on MNIST in [0, 1]: 101 validation images, the first 151 test images.
+
+    The ELBO terms (fixed per-image noise) are means over images; FID (on the 84 features of a LeNet-5, as the
+    zoo's default extractor; untrained here, the same weights everywhere) and the 1-NN test compare the first
+    91 images of each set with 91 prior samples from the model's fixed noise: every rank must gather the same
+    real and generated features for the values to equal the single-process ones."""
+    from datamodules import MNISTDataModule
+    from datamodules.base import TensorImageDataset
+    from zoo.classification import ImageClassifier
+    from zoo.generative import VAE, ClassifierFeatures
+
+    class SmallMNIST(MNISTDataModule):
+        def setup(self, stage: str | None = None) -> None:
+            super().setup(stage)
+            if self.test_set is not None and len(self.test_set) > 151:
+                t = self.test_set
+                self.test_set = TensorImageDataset(t.images[:151], t.labels[:151], t.source_indices[:151])
+
+    dm = SmallMNIST(data_dir=str(data_dir), download=False, val_size=101, eval_batch_size=16, return_indices=True,
+                    normalization="unit", augment=False, train_subset=200)
+    model = VAE("mlp", latent_dim=4, hidden_dims=[64, 32], metric_samples=91)
+    model.set_feature_extractor(ClassifierFeatures(ImageClassifier("lenet5", num_classes=10, in_channels=1)))
+    # A few plain-PyTorch steps (the same on every rank: same seed, same data, one thread), so that the
+    # samples are not uniform gray: the 1-NN accuracy is then below 1 and depends on which samples are scored.
+    dm.setup("fit")
+    images = dm.train_set.images
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for step in range(60):
+        batch = images[(step * 32) % len(images):][:32]
+        recon, kl = model.elbo_terms(batch)
+        loss = (recon + kl).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model, dm, lambda batch: [int(i) for i in batch[2]]
+
+
+BUILDERS = {"classification": classification, "segmentation": segmentation, "detection": detection,
+            "generation": generation}
 
 
 def run_family(trainer: pl.Trainer, recorder: SampleRecorder, family: str, data_dir: Path, out: Path) -> None:
@@ -165,15 +204,21 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)  # two processes share the CI machine's cores
     recorder = SampleRecorder()
-    # One trainer for every family: a second DDP Trainer in the same script would launch the other rank again.
-    trainer = pl.Trainer(
-        accelerator="cpu", devices=args.devices, strategy="ddp" if args.devices > 1 else "auto",
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[recorder], default_root_dir=str(args.out),
-    )
+
+    def make_trainer() -> pl.Trainer:
+        return pl.Trainer(
+            accelerator="cpu", devices=args.devices, strategy="ddp" if args.devices > 1 else "auto",
+            logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+            callbacks=[recorder], default_root_dir=str(args.out),
+        )
+
+    # Under DDP one trainer for every family: a second DDP Trainer in the same script would launch the other rank
+    # again (the test launches one family per 2-process run). On one process a fresh trainer per family: a Trainer
+    # keeps the names it has logged across runs and rejects a name (val/loss) that another module logs otherwise.
+    shared = make_trainer() if args.devices > 1 else None
     for family in args.families:
         try:
-            run_family(trainer, recorder, family, args.data_dir, args.out)
+            run_family(shared or make_trainer(), recorder, family, args.data_dir, args.out)
         except Exception:  # recorded for the test, which shows it; the rank stops (its peer would wait forever)
             rank = int(os.environ.get("LOCAL_RANK", 0))
             (args.out / f"{family}_rank{rank}.error").write_text(traceback.format_exc())

@@ -3,6 +3,10 @@
 ``ddp_worker.py`` runs in a subprocess (once on 1 process, once on 2) with a timeout, so that a hang
 (a collective that one rank never reaches) fails the test instead of blocking the suite. The
 evaluation sets have an odd size: a padding ``DistributedSampler`` would evaluate one sample twice.
+
+Generation (a VAE): the ELBO terms are means over images (not means of per-process means), the
+reparameterisation noise is fixed per image, and FID / the 1-NN test score the same real images and the
+same generated images (fixed noise, generated in shares and gathered) on any number of processes.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from tests.conftest import _require
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).resolve().parent / "ddp_worker.py"
-FAMILIES = ["classification", "segmentation", "detection"]
-DATA = {"classification": "mnist", "segmentation": "isbi2012_em_membrane", "detection": "coco_val2017_subset"}
+FAMILIES = ["classification", "segmentation", "detection", "generation"]
+DATA = {"classification": "mnist", "segmentation": "isbi2012_em_membrane", "detection": "coco_val2017_subset",
+        "generation": "mnist"}
 TIMEOUT = 300  # seconds per launch
 # Float sums over samples are added in another order on 2 processes: equal up to float32 rounding. The bias
 # this guards against (a repeated sample, an integer count halved) is ~1e-3 on these sets.

@@ -1,10 +1,15 @@
 """``--seed_everything`` + ``--trainer.deterministic true``: two ``train.py fit`` runs end with the same weights,
-bit for bit, on the CPU (shuffling, augmentation streams, dropout and initialisation all seeded)."""
+bit for bit, on the CPU (shuffling, augmentation streams, dropout and initialisation all seeded), for every
+family. On the CPU every op these runs use has a deterministic kernel (``torch.use_deterministic_algorithms``,
+which ``deterministic=True`` switches on, raises on one that has not): torchvision's RoIAlign, NMS and box
+coder, transposed convolutions, batch norm, dropout.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from zoo.cli import main
@@ -55,5 +60,54 @@ def test_two_seeded_deterministic_segmentation_runs_give_identical_weights(isbi_
         "--model.init_args.tile_size", "null", "--model.init_args.output_dir", "predictions",
         "--data.init_args.data_dir", str(isbi_root), "--data.init_args.crop_size", "64", "--data.init_args.pad", "0",
         "--data.init_args.crops_per_image", "1", "--data.init_args.batch_size", "2",
+    ]  # fmt: skip
+    assert_same_weights(fit_weights(args), fit_weights(args))
+
+
+def test_two_seeded_deterministic_detection_runs_give_identical_weights(data_root: Path) -> None:
+    # Faster R-CNN (MobileNetV3-FPN, from scratch) on 4 digit canvases generated into the test's folder: random
+    # scale augmentation, the RPN's and the RoI heads' random sampling of anchors and proposals, RoIAlign and
+    # NMS, AdamW and the one-cycle schedule
+    args = [
+        "--config", str(ROOT / "configs/detection/digits_fasterrcnn_mobilenet320.yaml"),
+        "--config", str(ROOT / "configs/trainer/cpu.yaml"),
+        "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "1", "--trainer.num_sanity_val_steps", "0",
+        "--trainer.log_every_n_steps", "1",
+        "--data.init_args.data_dir", str(data_root), "--data.init_args.train_count", "4",
+        "--data.init_args.val_count", "3", "--data.init_args.batch_size", "2", "--data.init_args.eval_batch_size", "3",
+        "--data.init_args.num_workers", "0", "--data.init_args.scale_range", "[0.8, 1.2]",
+    ]  # fmt: skip
+    assert_same_weights(fit_weights(args), fit_weights(args))
+
+
+def test_two_seeded_deterministic_vae_runs_give_identical_weights(data_root: Path) -> None:
+    # the convolutional VAE: reparameterisation noise in training, fixed per-image noise and prior samples
+    # (1-NN on pixels) in validation
+    args = [
+        "--config", str(ROOT / "configs/generative/mnist_vae.yaml"),
+        "--config", str(ROOT / "configs/trainer/cpu.yaml"),
+        "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "1", "--trainer.num_sanity_val_steps", "0",
+        "--model.init_args.latent_dim", "4", "--model.init_args.conv_channels", "[4, 8]",
+        "--model.init_args.metric_samples", "50", "--model.init_args.fid_classifier", "null",
+        "--data.init_args.data_dir", str(data_root), "--data.init_args.download", "false",
+        "--data.init_args.train_subset", "256", "--data.init_args.val_size", "100",
+        "--data.init_args.batch_size", "64", "--data.init_args.eval_batch_size", "100",
+    ]  # fmt: skip
+    assert_same_weights(fit_weights(args), fit_weights(args))
+
+
+@pytest.mark.parametrize("config", ["mnist_gan", "mnist_dcgan"])
+def test_two_seeded_deterministic_gan_runs_give_identical_weights(data_root: Path, config: str) -> None:
+    # the alternating updates (manual optimisation) with the generator's noise, the discriminator's dropout (GAN)
+    # or batch norm and transposed convolutions (DCGAN). No validation: its checkpoint monitors val/fid, which
+    # needs the FID feature classifier file.
+    args = [
+        "--config", str(ROOT / f"configs/generative/{config}.yaml"),
+        "--config", str(ROOT / "configs/trainer/cpu.yaml"),
+        "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "0",
+        "--model.init_args.latent_dim", "8", "--model.init_args.fid_classifier", "null",
+        *(["--model.init_args.width", "8"] if config == "mnist_dcgan" else []),
+        "--data.init_args.data_dir", str(data_root), "--data.init_args.download", "false",
+        "--data.init_args.train_subset", "256", "--data.init_args.val_size", "100", "--data.init_args.batch_size", "64",
     ]  # fmt: skip
     assert_same_weights(fit_weights(args), fit_weights(args))

@@ -192,6 +192,7 @@ class AutoEncoder(GenerativeModule):
         self.val_auroc = BinaryAUROC()
         self.test_auroc = BinaryAUROC()
         self._grid_images: torch.Tensor | None = None
+        self.init_eval_means(("loss", "mse"))  # means over the (normal) evaluation images of every process
 
     # -- plain PyTorch use ---------------------------------------------------------------------------
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -255,10 +256,8 @@ class AutoEncoder(GenerativeModule):
             score = (self.to_unit(output_activation(logits, self.image_range)) - self.to_unit(images))
             auroc.update(score.square().flatten(1).mean(1), (~normal).long())
             self.log(f"{stage}/auroc", auroc, prog_bar=True)
-        count = int(normal.sum())
-        if count:
-            self.log(f"{stage}/loss", per_image[normal].mean(), prog_bar=True, batch_size=count, sync_dist=True)
-            self.log(f"{stage}/mse", mse[normal].mean(), batch_size=count, sync_dist=True)
+        # logged on every batch, even one without normal images: each process then takes part in the sync
+        self.log_eval_means(stage, {"loss": per_image[normal], "mse": mse[normal]}, prog_bar=("loss",))
         return images
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:

@@ -1,6 +1,22 @@
 """What every generative LightningModule of the zoo shares: the image range, input checks,
-checkpoint type checks, sample-quality metrics at validation end (FID and the 1-NN test) and the
-NaN-loss stop."""
+checkpoint type checks, sample-quality metrics at validation end (FID and the 1-NN test), sample-weighted
+evaluation losses and the NaN-loss stop.
+
+Evaluation gives the same numbers on any number of processes (Lightning's DDP with the zoo's
+:class:`datamodules.distributed.EverySampleOnceSampler`, which splits the evaluation set without
+repeating a sample):
+
+* losses are means over samples (torchmetrics ``MeanMetric`` summed over the processes once, at epoch
+  end), not means of per-process means (``self.log(..., sync_dist=True)``, biased when the processes
+  hold different numbers of samples);
+* every random draw of an evaluation is a function of a fixed seed and of the sample's index in the
+  evaluation set (the VAE's reparameterisation noise), or of a fixed seed alone (the prior samples of
+  FID and the 1-NN test), never of the global random stream, which differs between processes;
+* FID and the 1-NN test run on the features of the same real images (the first ``metric_samples`` of the
+  evaluation set, gathered from every process) and of the same generated images (from a fixed noise
+  batch, generated in shares by the processes and gathered back in order), so every process computes
+  the value of a single process.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +27,10 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
+import torch.nn as nn
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
+from torch.utils.data import DistributedSampler, SequentialSampler
+from torchmetrics import MeanMetric
 
 from zoo.generative.metrics import (
     FeatureExtractor,
@@ -21,10 +40,31 @@ from zoo.generative.metrics import (
     one_nn_accuracy,
 )
 from zoo.utils.checkpoint import ZooCheckpointMixin, checkpoint_model_class
+from zoo.utils.checks import release_inference_metric_states
 
 ImageRange = Literal["unit", "symmetric"]
 RANGES: dict[str, tuple[float, float]] = {"unit": (0.0, 1.0), "symmetric": (-1.0, 1.0)}
 NORMALIZATION_FOR_RANGE = {"unit": "unit", "symmetric": "symmetric"}  # the datamodule option that gives it
+SAMPLE_SEED = 0  # the noise of the generated images that FID and the 1-NN test score (the same every epoch)
+EVAL_NOISE_SEED = 1_000_003  # per-sample evaluation noise: sample i draws from a generator seeded EVAL_NOISE_SEED + i
+
+
+def fixed_normal(ids: torch.Tensor, dim: int, seed: int = EVAL_NOISE_SEED) -> torch.Tensor:
+    """``(len(ids), dim)`` standard normal noise whose row ``k`` depends only on ``seed + ids[k]``: a sample
+    gets the same noise whatever batch, process or epoch evaluates it, and the global random stream is
+    left alone (about 5 us a sample). On the CPU (move it to the model's device)."""
+    rows = [torch.randn(dim, generator=torch.Generator().manual_seed(seed + int(i))) for i in ids.tolist()]
+    return torch.stack(rows) if rows else torch.empty(0, dim)
+
+
+def _unique_by_id(ids: torch.Tensor, rows: torch.Tensor, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rows`` sorted by ``ids``, one row per id (a padding sampler's repeated sample counts once), the first
+    ``limit``."""
+    ids, order = ids.sort(stable=True)
+    first = torch.ones_like(ids, dtype=torch.bool)
+    first[1:] = ids[1:] != ids[:-1]
+    ids, order = ids[first][:limit], order[first][:limit]
+    return ids, rows[order.to(rows.device)]
 
 
 class WrongCheckpointError(TypeError):
@@ -109,7 +149,10 @@ class GenerativeModule(ZooCheckpointMixin, pl.LightningModule):
         self.fid_classifier = fid_classifier
         self.fid_inception_weights = fid_inception_weights
         self._checked_stages: set[str] = set()
-        self._val_real: list[torch.Tensor] = []
+        self._val_real: list[tuple[torch.Tensor, torch.Tensor]] = []  # (dataset indices, images in [0, 1])
+        self._eval_ids: torch.Tensor | None = None  # dataset indices this process evaluates, in order
+        self._eval_seen = 0
+        self.eval_means = nn.ModuleDict()  # stage -> name -> MeanMetric (see init_eval_means)
         # Not a submodule: the extractor's weights belong to its own checkpoint, not to this model's.
         self.__dict__["_extractor"] = None
 
@@ -123,6 +166,11 @@ class GenerativeModule(ZooCheckpointMixin, pl.LightningModule):
 
     def sample(self, n: int) -> torch.Tensor:
         """``n`` generated images in the model's range (models with ``can_sample``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not generate images from a prior")
+
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        """Images in the model's range generated from latent codes ``z`` ``(N, latent_dim)`` (models with
+        ``can_sample``; ``sample(n)`` is ``generate`` of fresh N(0, I) noise)."""
         raise NotImplementedError(f"{type(self).__name__} does not generate images from a prior")
 
     # -- checks ----------------------------------------------------------------------------------------
@@ -193,46 +241,152 @@ class GenerativeModule(ZooCheckpointMixin, pl.LightningModule):
         self.__dict__["_extractor"] = extractor
 
     @torch.no_grad()
-    def sample_quality(self, real_images: torch.Tensor, num_samples: int | None = None) -> dict[str, float]:
+    def sample_quality(
+        self, real_images: torch.Tensor, num_samples: int | None = None, seed: int | None = SAMPLE_SEED
+    ) -> dict[str, float]:
         """FID (when a feature extractor is set) and the 1-NN accuracy of generated vs ``real_images``.
 
         ``real_images`` are in [0, 1]; as many samples as real images are generated (or
-        ``num_samples``). The 1-NN test runs on the FID features when there are any, else on pixels.
+        ``num_samples``), from the noise of a generator seeded with ``seed`` (the same images on every
+        call; ``None``: fresh noise from the global random stream). The 1-NN test runs on the FID
+        features when there are any, else on pixels.
         Usable from a checkpoint: ``VAE.load_from_checkpoint(path).sample_quality(images)``.
         """
+        real = self._representation(real_images.to(self.device))
+        return self._quality(real, num_samples or len(real_images), seed, distributed=False)
+
+    def _representation(self, images: torch.Tensor) -> torch.Tensor:
+        """What FID and the 1-NN test compare: the extractor's features of images in [0, 1], else the pixels."""
+        extractor = self.feature_extractor()
+        if extractor is None:
+            return images.flatten(1).float()
+        if len(images) == 0:  # the feature size still has to be known (to gather from the other processes)
+            dummy = torch.zeros(1, self.in_channels, self.image_size, self.image_size, device=images.device)
+            return extract_features(extractor, dummy)[:0]
+        return extract_features(extractor, images)
+
+    def _quality(self, real: torch.Tensor, n: int, seed: int | None, distributed: bool) -> dict[str, float]:
+        """FID and 1-NN of ``real`` (features or pixels; ``distributed``: the same on every process) and of ``n``
+        images generated from the noise seeded ``seed``. ``distributed``: process ``rank`` generates rows
+        ``rank, rank + world_size, ...`` of the noise, and the features are gathered back in noise order."""
+        world, rank = self._world() if distributed else (1, 0)
+        gather = self._gather_rows if distributed else (lambda x: x)
+        if seed is None:
+            z = torch.randn(n, self.latent_dim)
+        else:
+            z = torch.randn(n, self.latent_dim, generator=torch.Generator().manual_seed(seed))
+        mine = torch.arange(rank, n, world)
         was_training = self.training
         self.eval()
         try:
-            n = num_samples or len(real_images)
-            fake = torch.cat([self.to_unit(self.sample(min(500, n - i))).clamp(0, 1) for i in range(0, n, 500)])
+            parts = [self.to_unit(self.generate(z[mine[i : i + 500]].to(self.device))).clamp(0, 1)
+                     for i in range(0, len(mine), 500)]
         finally:
             self.train(was_training)
-        real_images = real_images.to(fake.device)
-        extractor = self.feature_extractor()
+        fake_images = torch.cat(parts) if parts else torch.empty(0, self.in_channels, self.image_size,
+                                                                  self.image_size, device=self.device)
+        fake = self._representation(fake_images)
+        _, fake = _unique_by_id(gather(mine.to(self.device)), gather(fake))
         metrics: dict[str, float] = {}
-        if extractor is not None:
-            real_f, fake_f = extract_features(extractor, real_images), extract_features(extractor, fake)
-            metrics["fid"] = float(frechet_distance(real_f, fake_f))
-            metrics["nn_accuracy"] = float(one_nn_accuracy(real_f, fake_f))
-        else:
-            metrics["nn_accuracy"] = float(one_nn_accuracy(real_images, fake))
+        if self.feature_extractor() is not None:
+            metrics["fid"] = float(frechet_distance(real, fake))
+        metrics["nn_accuracy"] = float(one_nn_accuracy(real, fake))
         return metrics
 
-    def collect_real(self, images: torch.Tensor) -> None:
-        """Keep the first ``metric_samples`` validation images (in [0, 1]) for the metrics."""
+    # -- evaluation on any number of processes -------------------------------------------------------------
+    def init_eval_means(self, names: tuple[str, ...]) -> None:
+        """Create the sample-weighted means ``val/<name>`` and ``test/<name>`` (call in ``__init__``)."""
+        self.eval_means = nn.ModuleDict(
+            {stage: nn.ModuleDict({name: MeanMetric() for name in names}) for stage in ("val", "test")}
+        )
+
+    def log_eval_means(self, stage: str, values: dict[str, torch.Tensor], prog_bar: tuple[str, ...] = ()) -> None:
+        """Log the mean over every evaluated sample (on every process together) of per-sample ``values``
+        ``(N,)``: a torchmetrics ``MeanMetric`` whose sum and count are added over the processes at epoch end.
+        ``self.log(..., sync_dist=True)`` would average the per-process means instead, which weighs the
+        samples of a process with fewer samples more."""
+        for name, per_sample in values.items():
+            metric = self.eval_means[stage][name]
+            metric.update(per_sample.detach().float())
+            self.log(f"{stage}/{name}", metric, prog_bar=name in prog_bar)
+
+    def _world(self) -> tuple[int, int]:
+        trainer = self._trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def _gather_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``(n_r, ...)`` of every process concatenated in rank order (``n_r`` may differ)."""
+        if self._world()[0] == 1:
+            return x
+        counts = self.all_gather(torch.tensor(len(x), device=self.device)).reshape(-1).tolist()
+        padded = x.new_zeros((max(counts), *x.shape[1:]))
+        padded[: len(x)] = x
+        gathered = self.all_gather(padded)
+        return torch.cat([gathered[r, :count] for r, count in enumerate(counts)])
+
+    def _loader_indices(self, stage: str) -> torch.Tensor | None:
+        """The dataset indices this process's evaluation loader reads, in order, when its sampler is an
+        unshuffled ``SequentialSampler`` or ``DistributedSampler`` (the zoo's ``EverySampleOnceSampler``)."""
+        trainer = self._trainer
+        if trainer is None:
+            return None
+        loaders = trainer.val_dataloaders if stage == "val" else trainer.test_dataloaders
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
+        batch_sampler = getattr(loader, "batch_sampler", None)
+        sampler = getattr(batch_sampler, "sampler", None) or getattr(loader, "sampler", None)
+        if isinstance(sampler, SequentialSampler) or (
+            isinstance(sampler, DistributedSampler) and not getattr(sampler, "shuffle", False)
+        ):
+            return torch.tensor(list(sampler), dtype=torch.long)
+        return None
+
+    def start_evaluation(self, stage: str) -> None:
+        """Called at the start of every validation / test epoch."""
+        release_inference_metric_states(self)  # the loss means of a past trainer.validate/test (inference mode)
+        self._val_real = []
+        self._eval_seen = 0
+        self._eval_ids = self._loader_indices(stage)
+
+    def sample_ids(self, n: int) -> torch.Tensor:
+        """Dataset indices of the next ``n`` samples this process evaluates (call once per evaluation batch):
+        read from the loader's sampler, else those of the zoo's ``EverySampleOnceSampler`` (the k-th sample of
+        rank r is sample ``r + k * world_size``; sample k on one process)."""
+        start, self._eval_seen = self._eval_seen, self._eval_seen + n
+        if self._eval_ids is not None and start + n <= len(self._eval_ids):
+            return self._eval_ids[start : start + n]
+        world, rank = self._world()
+        return torch.arange(start, start + n) * world + rank
+
+    def collect_real(self, images: torch.Tensor, ids: torch.Tensor | None = None) -> None:
+        """Keep this process's first ``metric_samples`` validation images (in [0, 1]) and their dataset indices
+        ``ids`` (default: :meth:`sample_ids`) for the metrics; the first ``metric_samples`` of the whole
+        evaluation set are chosen from every process's at epoch end."""
         if not self.can_sample or self.metric_samples <= 0:
             return
-        have = sum(len(x) for x in self._val_real)
+        ids = self.sample_ids(len(images)) if ids is None else ids
+        have = sum(len(i) for i, _ in self._val_real)
         if have < self.metric_samples:
-            self._val_real.append(self.to_unit(images[: self.metric_samples - have]).detach())
+            keep = self.metric_samples - have
+            self._val_real.append((ids[:keep].cpu(), self.to_unit(images[:keep]).detach()))
 
     def log_sample_quality(self, stage: str = "val") -> None:
+        """FID and the 1-NN test at the end of an evaluation epoch; every process runs it (it gathers)."""
         real, self._val_real = self._val_real, []
-        if not real or self.trainer.sanity_checking:
+        if not self.can_sample or self.metric_samples <= 0 or self.trainer.sanity_checking:
             return
-        metrics = self.sample_quality(torch.cat(real))
+        shape = (0, self.in_channels, self.image_size, self.image_size)
+        images = torch.cat([x for _, x in real]) if real else torch.empty(shape, device=self.device)
+        ids = torch.cat([i for i, _ in real]) if real else torch.empty(0, dtype=torch.long)
+        with torch.no_grad():
+            features = self._representation(images.to(self.device))
+            _, features = _unique_by_id(self._gather_rows(ids.to(self.device)), self._gather_rows(features),
+                                        self.metric_samples)
+            if len(features) == 0:
+                return
+            metrics = self._quality(features, len(features), SAMPLE_SEED, distributed=True)
         for name, value in metrics.items():
             if math.isfinite(value):
+                # the same value on every process (computed from gathered features): the mean is exact
                 self.log(f"{stage}/{name}", value, prog_bar=True, sync_dist=True)
         if "fid" not in metrics and self.current_epoch == 0 and stage == "val":
             rank_zero_info(
@@ -241,6 +395,12 @@ class GenerativeModule(ZooCheckpointMixin, pl.LightningModule):
             )
 
     # -- shared loop pieces ------------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self.start_evaluation("val")
+
+    def on_test_epoch_start(self) -> None:
+        self.start_evaluation("test")
+
     def on_validation_epoch_end(self) -> None:
         self.log_sample_quality("val")
 

@@ -194,6 +194,11 @@ class GAN(GenerativeModule):
     def sample(self, n: int) -> torch.Tensor:
         return self.generator(torch.randn(n, self.latent_dim, device=self.device))
 
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] generated from noise ``z`` ``(N, latent_dim)``."""
+        return self.generator(z)
+
     # -- the alternating updates ---------------------------------------------------------------------
     def discriminator_targets(self, n: int, real: bool) -> torch.Tensor:
         """Targets of the discriminator step: 1 (or ``1 - label_smoothing``) for real, 0 for fake,

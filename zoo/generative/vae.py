@@ -7,12 +7,11 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from pytorch_lightning.cli import OptimizerCallable
 from torchvision.utils import make_grid
 
 from zoo.generative.autoencoder import Arch, build_encoder_decoder, output_activation, reconstruction_loss
-from zoo.generative.base import GenerativeModule, ImageRange
+from zoo.generative.base import GenerativeModule, ImageRange, fixed_normal
 from zoo.utils.optim import as_factory, build_optimizers, plain_factory_hparams
 
 
@@ -22,10 +21,11 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return -0.5 * (1 + logvar - mu.square() - logvar.exp()).sum(dim=1)
 
 
-def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
     """``z = mu + sigma * eps``, ``eps ~ N(0, I)`` (Kingma & Welling 2014, sec. 2.4, eq. 10 for the
-    Gaussian case): a sample whose gradient flows to ``mu`` and ``logvar``."""
-    return mu + (0.5 * logvar).exp() * torch.randn_like(mu)
+    Gaussian case): a sample whose gradient flows to ``mu`` and ``logvar``. ``eps``: given noise (default:
+    drawn from the global random stream)."""
+    return mu + (0.5 * logvar).exp() * (torch.randn_like(mu) if eps is None else eps)
 
 
 class VAE(GenerativeModule):
@@ -35,8 +35,11 @@ class VAE(GenerativeModule):
     ``loss = E_q[-log p(x|z)] + beta * KL(q(z|x) || N(0, I))`` (Kingma & Welling 2014, eq. 10;
     beta = 1 is the ELBO, beta > 1 the beta-VAE of Higgins et al. 2017), per image, averaged.
 
-    Logs ``train/loss``, ``train/reconstruction``, ``train/kl``, the same under ``val/``, and at
-    validation end FID (with a feature extractor) and the 1-NN accuracy of prior samples.
+    Logs ``train/loss``, ``train/reconstruction``, ``train/kl``, the same under ``val/`` (means over the
+    validation images, plus ``val/mse`` of the reconstructions), and at validation end FID (with a feature
+    extractor) and the 1-NN accuracy of prior samples. The validation ELBO draws each image's noise from a
+    generator seeded by the image's index in the validation set: the same numbers every epoch and on any
+    number of processes.
 
     Args:
         arch: ``mlp`` (input -> 256 -> 128 -> 2 x latent) or ``conv`` encoder/decoder.
@@ -83,6 +86,7 @@ class VAE(GenerativeModule):
         )
         self.register_buffer("fixed_z", torch.randn(64, latent_dim, generator=torch.Generator().manual_seed(0)))
         self._grid_images: torch.Tensor | None = None
+        self.init_eval_means(("loss", "reconstruction", "kl", "mse"))
 
     # -- plain PyTorch use ---------------------------------------------------------------------------
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,6 +106,11 @@ class VAE(GenerativeModule):
     def sample(self, n: int) -> torch.Tensor:
         """``n`` images decoded from the prior z ~ N(0, I)."""
         return self.decode(torch.randn(n, self.latent_dim, device=self.device))
+
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        """Images decoded from latent codes ``z`` ``(N, latent_dim)``."""
+        return self.decode(z)
 
     @torch.no_grad()
     def interpolate(self, start: torch.Tensor, end: torch.Tensor, steps: int = 8) -> torch.Tensor:
@@ -137,10 +146,11 @@ class VAE(GenerativeModule):
         return self.decode(z.flatten(0, 1)).unflatten(0, (len(images), len(scales)))
 
     # -- loops -----------------------------------------------------------------------------------------
-    def elbo_terms(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-image reconstruction term and KL ``(N,)`` with one reparameterised sample of z."""
+    def elbo_terms(self, images: torch.Tensor, eps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image reconstruction term and KL ``(N,)`` with one reparameterised sample of z (noise ``eps``,
+        default: fresh)."""
         mu, logvar = self.encode(images)
-        logits = self.decoder(reparameterize(mu, logvar))
+        logits = self.decoder(reparameterize(mu, logvar, None if eps is None else eps.to(mu)))
         return reconstruction_loss(logits, images, self.loss_kind, self.image_range), kl_divergence(mu, logvar)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -156,16 +166,15 @@ class VAE(GenerativeModule):
     def _evaluate(self, batch: Any, stage: str) -> None:
         images = batch[0]
         self.check_batch(stage, images)
-        recon, kl = self.elbo_terms(images)
-        recon, kl = recon.mean(), kl.mean()
-        self.log_dict(
-            {f"{stage}/loss": recon + self.beta * kl, f"{stage}/reconstruction": recon, f"{stage}/kl": kl},
-            prog_bar=True, batch_size=len(images), sync_dist=True,
-        )
+        ids = self.sample_ids(len(images))  # dataset indices: the noise of each image is fixed by its index
+        recon, kl = self.elbo_terms(images, fixed_normal(ids, self.latent_dim))
         with torch.no_grad():
-            mse = F.mse_loss(self.to_unit(self(images)), self.to_unit(images))
-        self.log(f"{stage}/mse", mse, batch_size=len(images), sync_dist=True)
-        self.collect_real(images)
+            mse = (self.to_unit(self(images)) - self.to_unit(images)).square().flatten(1).mean(1)
+        self.log_eval_means(
+            stage, {"loss": recon + self.beta * kl, "reconstruction": recon, "kl": kl, "mse": mse},
+            prog_bar=("loss", "reconstruction", "kl"),
+        )
+        self.collect_real(images, ids)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._evaluate(batch, "val")
