@@ -24,6 +24,7 @@ from zoo.evaluation.report import (
     Section,
     Table,
     display_image,
+    panel_grid,
     register_report_writer,
     save_figure,
 )
@@ -231,14 +232,8 @@ def _reliability_figure(bins: dict[str, torch.Tensor]) -> Any:
 
 
 def _mistakes_figure(mistakes: list[tuple[float, torch.Tensor, int, int]], names: list[str]) -> Any:
-    import matplotlib.pyplot as plt
-
-    cols = min(8, len(mistakes))
-    rows = (len(mistakes) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.9 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, (conf, image, true, pred) in zip(axes.flat, mistakes, strict=False):
+    fig, axes = panel_grid(len(mistakes), 8, (1.6, 1.9))
+    for ax, (conf, image, true, pred) in zip(axes, mistakes, strict=False):
         shown = display_image(image)
         ax.imshow(shown, cmap="gray" if shown.ndim == 2 else None)
         ax.set_title(f"{names[true]} -> {names[pred]}\n({conf:.2f})", fontsize=8)

@@ -24,6 +24,7 @@ from zoo.evaluation.report import (
     ReportWriter,
     Section,
     Table,
+    panel_grid,
     register_report_writer,
     save_figure,
 )
@@ -240,16 +241,10 @@ def _detections_figure(
     names: list[str],
     score_threshold: float,
 ) -> Any:
-    import matplotlib.pyplot as plt
-
     from zoo.detection.module import draw_detections
 
-    cols = min(4, len(kept))
-    rows = (len(kept) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.7 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, (name, image, target, pred) in zip(axes.flat, kept, strict=False):
+    fig, axes = panel_grid(len(kept), 4, (3.2, 3.7))
+    for ax, (name, image, target, pred) in zip(axes, kept, strict=False):
         ax.imshow(draw_detections(image, pred, names, score_threshold, target).permute(1, 2, 0).numpy())
         shown = int((pred["scores"] >= score_threshold).sum())
         ax.set_title(f"{name}\n{len(target['boxes'])} true, {shown} detected", fontsize=8)

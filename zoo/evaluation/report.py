@@ -362,6 +362,19 @@ def save_figure(fig: Any, path: Path) -> Path:
     return path
 
 
+def panel_grid(count: int, max_cols: int, panel_size: tuple[float, float]) -> tuple[Any, Any]:
+    """A figure of ``count`` image panels, ``max_cols`` to a row, every axis off: ``(figure, axes.flat)``
+    (the grids of misclassified images and of detections)."""
+    import matplotlib.pyplot as plt
+
+    cols = max(1, min(max_cols, count))
+    rows = max(1, (count + cols - 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(panel_size[0] * cols, panel_size[1] * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    return fig, axes.flat
+
+
 def display_image(image: torch.Tensor) -> Any:
     """A normalized ``(C, H, W)`` tensor as an array matplotlib shows (min-max scaled; gray for one channel)."""
     image = image.detach().float().cpu()
