@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -62,7 +63,9 @@ def train(name: str, minutes: float, data: str, extra: list[str]) -> tuple[pl.Li
          "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
          "--trainer.max_epochs=-1", f"--trainer.max_time=00:00:{seconds // 60:02d}:{seconds % 60:02d}",
          "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0",
-         "--model.init_args.fid_classifier=null", *extra],
+         "--model.init_args.fid_classifier=null",
+         # the CLI saves its config.yaml into the trainer's root folder: a temporary one, not the caller's cwd
+         f"--trainer.default_root_dir={tempfile.mkdtemp(prefix='generative_mnist_')}", *extra],
         run=False,
     )
     start = time.perf_counter()
