@@ -14,7 +14,8 @@ over the identity and three flips).
   deformation on a 3x3 grid with 10 px std.
 * ``unet_plain``: the same without the weight map (plain cross-entropy).
 * ``smp_unet``: segmentation-models-pytorch's U-Net with a ResNet-18 encoder (random init: no
-  download), cross-entropy + Dice, 256x256 crops.
+  download), cross-entropy + Dice (``--smp-loss``), batches of 4 crops of 256x256 (``--smp-batch``,
+  ``--smp-crop``).
 
 Target: pixel error <= 0.08 with the best of them (20-minute budget per model).
 
@@ -82,11 +83,11 @@ def build(name: str, args: argparse.Namespace, root: Path) -> tuple[SemanticSegm
         model = SemanticSegmenter(
             "smp_unet",
             network_kwargs={"encoder_name": "resnet18", "encoder_weights": None},
-            loss="ce+dice",
+            loss=args.smp_loss,
             optimizer=lambda p: torch.optim.Adam(p, lr=args.lr),
             class_names=["membrane", "cell"],
         )
-        dm = ISBI2012DataModule(**common, crop_size=256, pad=0, crops_per_image=8, batch_size=4)
+        dm = ISBI2012DataModule(**common, crop_size=args.smp_crop, pad=0, crops_per_image=8, batch_size=args.smp_batch)
     return model, dm
 
 
@@ -167,6 +168,11 @@ def main() -> None:
     parser.add_argument("--unet-crop", type=int, default=572, help="U-Net input tile (572 -> 388 output)")
     parser.add_argument("--unet-batch", type=int, default=1)
     parser.add_argument("--dropout", type=float, default=0.5)
+    parser.add_argument("--smp-loss", default="ce+dice",
+                        help="smp_unet's loss by name (zoo.segmentation.build_loss), e.g. ce: pixel error is a "
+                        "per-pixel 0/1 loss, whose usual surrogate is cross-entropy alone")
+    parser.add_argument("--smp-crop", type=int, default=256, help="smp_unet's training crop side")
+    parser.add_argument("--smp-batch", type=int, default=4, help="smp_unet's crops per batch")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam peak learning rate (cosine decay over the budget)")
     parser.add_argument("--precision", default="bf16-mixed",
                         help="Lightning precision; bf16 autocast roughly halves a CPU step where the CPU has "

@@ -61,7 +61,7 @@ class MLPDiscriminator(nn.Module):
 
 class DCGANGenerator(nn.Module):
     """DCGAN's generator (Radford et al. 2016, sec. 3 and fig. 1) scaled to 28x28: project z to a
-    ``4w x 7 x 7`` map, then fractionally strided 4x4 convolutions 7 -> 14 -> 28; batch norm and
+    ``2w x 7 x 7`` map, then fractionally strided 4x4 convolutions 7 -> 14 -> 28; batch norm and
     ReLU everywhere except the tanh output layer."""
 
     def __init__(self, latent_dim: int, in_channels: int, image_size: int, width: int = 64) -> None:
