@@ -11,8 +11,10 @@ patterns), built with seeded random weights (no files read) and wrapped in its L
 
 ONNX runs in onnxruntime (CPU), TorchScript through ``torch.jit.load``; a model that cannot be exported in a format
 gets the reason (the exporter's error) instead of a difference. The model files go to a temporary folder and are
-deleted after each check. Prints a Markdown table and writes ``bench/results/export_sweep.json`` (rewritten after
-every model: an interrupted sweep keeps what it measured).
+deleted after each check. The input is a real photograph (``--input coco``, the default: the first image of the
+COCO val2017 subset under ``--data-dir`` / ``$ZOO_DATA_DIR``, resized to the input side and normalized with
+ImageNet's mean and std); ``--input random`` uses seeded Gaussian noise instead. Prints a Markdown table and
+writes ``bench/results/export_sweep.json`` (rewritten after every model: an interrupted sweep keeps what it measured).
 
     python bench/export_sweep.py                                   # everything (long: every ResNet, VGG, smp arch)
     python bench/export_sweep.py --models lenet5 "resnet2*" unet_same --formats onnx
@@ -31,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, markdown_table, write_json  # noqa: E402
+from _common import data_dir, machine, markdown_table, write_json  # noqa: E402
 
 from zoo import get_model_entry, list_models  # noqa: E402
 from zoo.export import FORMATS, TOLERANCE, export_module  # noqa: E402
@@ -64,6 +66,31 @@ def input_side(module: torch.nn.Module, family: str, args: argparse.Namespace) -
     return args.seg_size
 
 
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def coco_image(root: str | None) -> Path:
+    """The first image (by name) of the COCO val2017 subset: a real RGB photograph as the parity input."""
+    folder = Path(data_dir(root)) / "coco_val2017_subset" / "images"
+    images = sorted(folder.glob("*.jpg"))
+    if not images:
+        sys.exit(f"no COCO images in {folder}: pass --data-dir (the folder holding coco_val2017_subset/) "
+                 f"or use --input random")
+    return images[0]
+
+
+def example_input(args: argparse.Namespace, side: int) -> torch.Tensor:
+    """``(1, 3, side, side)``: the photograph resized (antialiased) and ImageNet-normalized, or seeded noise."""
+    if args.input == "random":
+        return torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(1))
+    from torchvision.io import ImageReadMode, decode_image
+    from torchvision.transforms.v2 import functional as TF
+
+    image = decode_image(str(args.image_path), mode=ImageReadMode.RGB)[None].float() / 255
+    image = TF.resize(image, [side, side], antialias=True)
+    return TF.normalize(image, IMAGENET_MEAN, IMAGENET_STD)
+
+
 def check(name: str, family: str, fmt: str, args: argparse.Namespace, folder: Path) -> dict:
     row: dict = {"model": name, "family": family, "format": fmt}
     try:
@@ -71,7 +98,7 @@ def check(name: str, family: str, fmt: str, args: argparse.Namespace, folder: Pa
         side = input_side(module, family, args)
     except Exception as error:  # noqa: BLE001  (a model that cannot be built is a row with its reason)
         return {**row, "exported": False, "reason": f"build: {type(error).__name__}: {str(error).splitlines()[0]}"}
-    example = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(1))
+    example = example_input(args, side)
     path = folder / f"{name}.{'onnx' if fmt == 'onnx' else 'pt'}"
     start = time.perf_counter()
     try:
@@ -116,10 +143,14 @@ def main() -> None:
     parser.add_argument("--seg-size", type=int, default=64, help="segmenter input side")
     parser.add_argument("--tolerance", type=float, default=TOLERANCE["classification"], help="classifiers' pass bound")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--input", choices=["coco", "random"], default="coco",
+                        help="parity input: a COCO val2017 photograph (default) or seeded Gaussian noise")
+    parser.add_argument("--data-dir", default=None, help="folder holding coco_val2017_subset/ (for --input coco)")
     parser.add_argument("--out", help="JSON path (default bench/results/export_sweep.json)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.image_path = coco_image(args.data_dir) if args.input == "coco" else None
 
     names = [
         (name, family)
@@ -131,7 +162,9 @@ def main() -> None:
         sys.exit(f"no registered classifier or segmenter matches {args.models}")
     settings = {"classifier_input": [1, 3, args.size, args.size], "classifier_tolerance": args.tolerance,
                 "segmenter_input": [1, 3, args.seg_size, args.seg_size], "formats": args.formats,
-                "weights": "random, torch.manual_seed(0)", "input": "torch.randn, seed 1"}  # fmt: skip
+                "weights": "random, torch.manual_seed(0)",
+                "input": (f"{args.image_path.name} (COCO val2017), resized, ImageNet-normalized" if args.image_path
+                          else "torch.randn, seed 1")}  # fmt: skip
     results: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="export_sweep_") as tmp:
         for name, family in names:
