@@ -4,7 +4,8 @@ Each model trains on the Fashion-MNIST training split (55,000 images; 5,000 held
 validation) for ``--minutes`` of wall time with SGD + Nesterov and a learning rate that follows a
 one-cycle shape over *time* (warm-up over the first 15% of the budget, cosine decay to zero at
 its end), so every model gets a complete schedule whatever its speed. Training runs under bf16
-autocast by default (``--precision``; weights and the test pass stay float32). Then the official
+autocast where the CPU computes bf16 natively, else float32 (``--precision auto``; weights and the test
+pass stay float32). Then the official
 10,000-image test set is evaluated once. Same data pipeline as the zoo's configs
 (in-memory tensors, per-batch random shifts), same ImageClassifier.
 
@@ -25,7 +26,7 @@ import pytorch_lightning as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import TimeBudget, data_dir, machine, markdown_table, write_json  # noqa: E402
+from _common import TimeBudget, data_dir, machine, markdown_table, resolve_precision, write_json  # noqa: E402
 
 from datamodules import FashionMNISTDataModule  # noqa: E402
 from zoo import get_model_entry  # noqa: E402
@@ -80,12 +81,13 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0, help="training budget per model")
     parser.add_argument("--max-lr", type=float, default=0.05)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--precision", default="bf16-mixed",
-                        help="Lightning precision; bf16 autocast nearly halves a CPU step where the CPU has "
-                        "AVX512-BF16 (use 32-true elsewhere)")
+    parser.add_argument("--precision", default="auto",
+                        help="Lightning precision; auto: bf16-mixed where the CPU has native bf16 "
+                        "(AVX512-BF16/AMX: nearly halves a step), else 32-true (emulated bf16 is many times slower)")
     parser.add_argument("--data-dir")
     parser.add_argument("--out")
     args = parser.parse_args()
+    args.precision = resolve_precision(args.precision)
     data = data_dir(args.data_dir)
     results = []
     for name in args.models:

@@ -4,10 +4,10 @@ and one smp architecture; plus the time to compute one label's weight map.
 Each model trains on the 20 training pairs of :class:`datamodules.ISBI2012DataModule` (4 of the 24
 shared pairs are kept for validation, ``split_seed`` 0) for ``--budget-minutes`` of wall time
 (from the first training step; augmentation included) with Adam, whose learning rate warms up over
-the first 5% of the budget and decays to zero on a cosine over the rest, under bf16 autocast
-(``--precision``). Then it segments the 4 whole validation images and reports pixel error, the
-foreground-restricted Rand error and IoU, once plain and once with test-time flips (logits averaged
-over the identity and three flips).
+the first 5% of the budget and decays to zero on a cosine over the rest, under bf16 autocast where
+the CPU computes bf16 natively, else float32 (``--precision auto``). Then it segments the 4 whole
+validation images and reports pixel error, the foreground-restricted Rand error and IoU, once plain
+and once with test-time flips (logits averaged over the identity and three flips).
 
 * ``unet_weighted``: the paper's valid-convolution U-Net (depth 4; width ``--base-channels``, 64 in
   the paper), loss eq. 1 with the weight map of eq. 2 (w0 10, sigma 5), 572x572 tiles, elastic
@@ -39,7 +39,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import TimeBudget, data_dir, markdown_table, write_json  # noqa: E402
+from _common import TimeBudget, data_dir, markdown_table, resolve_precision, write_json  # noqa: E402
 
 from datamodules import ISBI2012DataModule  # noqa: E402
 from zoo.segmentation import SemanticSegmenter, unet_weight_map  # noqa: E402
@@ -174,13 +174,14 @@ def main() -> None:
     parser.add_argument("--smp-crop", type=int, default=256, help="smp_unet's training crop side")
     parser.add_argument("--smp-batch", type=int, default=4, help="smp_unet's crops per batch")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam peak learning rate (cosine decay over the budget)")
-    parser.add_argument("--precision", default="bf16-mixed",
-                        help="Lightning precision; bf16 autocast roughly halves a CPU step where the CPU has "
-                        "AVX512-BF16 (use 32-true elsewhere)")
+    parser.add_argument("--precision", default="auto",
+                        help="Lightning precision; auto: bf16-mixed where the CPU has native bf16 "
+                        "(AVX512-BF16/AMX: nearly halves a step), else 32-true (emulated bf16 is many times slower)")
     parser.add_argument("--workers", type=int, default=1, help="DataLoader workers (augmentation off the main process)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", default=None, help="JSON path (default bench/results/isbi_unet.json)")
     args = parser.parse_args()
+    args.precision = resolve_precision(args.precision)
     if args.threads:
         torch.set_num_threads(args.threads)
     base = Path(data_dir(args.data_dir))
