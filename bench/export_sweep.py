@@ -13,8 +13,11 @@ ONNX runs in onnxruntime (CPU), TorchScript through ``torch.jit.load``; a model 
 gets the reason (the exporter's error) instead of a difference. The model files go to a temporary folder and are
 deleted after each check. The input is a real photograph (``--input coco``, the default: the first image of the
 COCO val2017 subset under ``--data-dir`` / ``$ZOO_DATA_DIR``, resized to the input side and normalized with
-ImageNet's mean and std); ``--input random`` uses seeded Gaussian noise instead. Prints a Markdown table and
-writes ``bench/results/export_sweep.json`` (rewritten after every model: an interrupted sweep keeps what it measured).
+ImageNet's mean and std); ``--input random`` uses seeded Gaussian noise instead. Before the export, batch norm's
+running statistics are set from the subset's other images (``calibrate_batch_norm``; ``--no-calibration`` keeps the
+defaults, under which a random deep ResNet's logits reach 1e9 and no absolute tolerance means anything). Prints a
+Markdown table and writes ``bench/results/export_sweep.json`` (rewritten after every model: an interrupted sweep keeps
+what it measured).
 
     python bench/export_sweep.py                                   # everything (long: every ResNet, VGG, smp arch)
     python bench/export_sweep.py --models lenet5 "resnet2*" unet_same --formats onnx
@@ -56,6 +59,8 @@ def build_module(name: str, family: str) -> torch.nn.Module:
 
 
 def input_side(module: torch.nn.Module, family: str, args: argparse.Namespace) -> int:
+    """The classifier side; for a segmenter the paper U-Net's nearest valid size, else the smallest of ``--seg-size``,
+    2x and 4x that the network accepts in PyTorch (smp's PAN pools its deepest map further: 64 px is too small)."""
     if family == "classification":
         return args.size
     net = module.net
@@ -63,32 +68,67 @@ def input_side(module: torch.nn.Module, family: str, args: argparse.Namespace) -
         from zoo.segmentation.models.unet import nearest_valid_sizes
 
         return nearest_valid_sizes(args.seg_size, net.depth, net.padding)[1]
-    return args.seg_size
+    for side in (args.seg_size, 2 * args.seg_size, 4 * args.seg_size):
+        try:
+            with torch.no_grad():
+                module(torch.zeros(1, 3, side, side))
+            return side
+        except RuntimeError:
+            continue
+    return args.seg_size  # the export check reports PyTorch's own error at this size
+
+
+@torch.no_grad()
+def calibrate_batch_norm(module: torch.nn.Module, images: torch.Tensor) -> None:
+    """Set every batch-norm layer's running statistics from real images (one train-mode pass, cumulative average).
+
+    With random weights and the default running statistics (mean 0, variance 1) batch norm in eval mode is the
+    identity, and in a deep residual network the activations then grow with depth: the logits of a random
+    CIFAR ResNet-110 reach 1e9, where float32 rounding alone exceeds any absolute tolerance. Calibrated on real
+    images, the network normalizes as a trained one does and its logits stay O(1), so the 1e-4 bound means
+    what it means for a trained model."""
+    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the calibration pass
+    module.train()
+    module(images)
+    module.eval()
 
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def coco_image(root: str | None) -> Path:
-    """The first image (by name) of the COCO val2017 subset: a real RGB photograph as the parity input."""
+def coco_images(root: str | None) -> list[Path]:
+    """The COCO val2017 subset's images by name: the first is the parity input, the rest calibrate batch norm."""
     folder = Path(data_dir(root)) / "coco_val2017_subset" / "images"
     images = sorted(folder.glob("*.jpg"))
     if not images:
         sys.exit(f"no COCO images in {folder}: pass --data-dir (the folder holding coco_val2017_subset/) "
                  f"or use --input random")
-    return images[0]
+    return images
 
 
-def example_input(args: argparse.Namespace, side: int) -> torch.Tensor:
+def example_input(args: argparse.Namespace, side: int, path: Path | None = None) -> torch.Tensor:
     """``(1, 3, side, side)``: the photograph resized (antialiased) and ImageNet-normalized, or seeded noise."""
     if args.input == "random":
         return torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(1))
     from torchvision.io import ImageReadMode, decode_image
     from torchvision.transforms.v2 import functional as TF
 
-    image = decode_image(str(args.image_path), mode=ImageReadMode.RGB)[None].float() / 255
+    image = decode_image(str(path or args.image_path), mode=ImageReadMode.RGB)[None].float() / 255
     image = TF.resize(image, [side, side], antialias=True)
     return TF.normalize(image, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def calibration_batch(args: argparse.Namespace, side: int) -> torch.Tensor:
+    """The batch-norm calibration images: every COCO subset image but the parity one, as ``example_input`` makes it
+    (with ``--input random``: 8 seeded noise images)."""
+    if args.input == "random":
+        return torch.randn(8, 3, side, side, generator=torch.Generator().manual_seed(2))
+    return torch.cat([example_input(args, side, path) for path in args.calibration])
 
 
 def check(name: str, family: str, fmt: str, args: argparse.Namespace, folder: Path) -> dict:
@@ -99,6 +139,8 @@ def check(name: str, family: str, fmt: str, args: argparse.Namespace, folder: Pa
     except Exception as error:  # noqa: BLE001  (a model that cannot be built is a row with its reason)
         return {**row, "exported": False, "reason": f"build: {type(error).__name__}: {str(error).splitlines()[0]}"}
     example = example_input(args, side)
+    if args.calibration is not None:
+        calibrate_batch_norm(module, calibration_batch(args, side))
     path = folder / f"{name}.{'onnx' if fmt == 'onnx' else 'pt'}"
     start = time.perf_counter()
     try:
@@ -108,7 +150,8 @@ def check(name: str, family: str, fmt: str, args: argparse.Namespace, folder: Pa
     row.update(input=[3, side, side], seconds=round(time.perf_counter() - start, 2), exported=report["exported"])
     if report["exported"]:
         parity = report["parity"]
-        row.update(exporter=report["exporter"], max_abs_diff=parity["max_abs_diff"], same_argmax=parity["same_argmax"])
+        row.update(exporter=report["exporter"], max_abs_diff=parity["max_abs_diff"], same_argmax=parity["same_argmax"],
+                   max_abs_output=parity["max_abs_output"])
         if family == "classification":
             row["passed"] = parity["max_abs_diff"] <= args.tolerance
     else:
@@ -119,8 +162,8 @@ def check(name: str, family: str, fmt: str, args: argparse.Namespace, folder: Pa
 
 
 def table(results: list[dict]) -> str:
-    headers = ["model", "family", "format", "input", "exporter", "max abs diff", "pass (1e-4)", "same argmax", "s",
-               "reason"]  # fmt: skip
+    headers = ["model", "family", "format", "input", "exporter", "max abs diff", "max abs logit", "pass (1e-4)",
+               "same argmax", "s", "reason"]  # fmt: skip
     rows = []
     for r in results:
         passed = {True: "pass", False: "FAIL"}.get(r.get("passed"), "-")
@@ -128,7 +171,8 @@ def table(results: list[dict]) -> str:
             passed = "FAIL" if r["family"] == "classification" else "-"
         rows.append([
             r["model"], r["family"], r["format"], "x".join(map(str, r.get("input", []))) or None, r.get("exporter"),
-            f"{r['max_abs_diff']:.2e}" if r.get("max_abs_diff") is not None else None, passed, r.get("same_argmax"),
+            f"{r['max_abs_diff']:.2e}" if r.get("max_abs_diff") is not None else None,
+            f"{r['max_abs_output']:.3g}" if r.get("max_abs_output") is not None else None, passed, r.get("same_argmax"),
             r.get("seconds"), (r.get("reason") or "").replace("|", "/")[:160] or None,
         ])  # fmt: skip
     return markdown_table(headers, rows)
@@ -146,11 +190,15 @@ def main() -> None:
     parser.add_argument("--input", choices=["coco", "random"], default="coco",
                         help="parity input: a COCO val2017 photograph (default) or seeded Gaussian noise")
     parser.add_argument("--data-dir", default=None, help="folder holding coco_val2017_subset/ (for --input coco)")
+    parser.add_argument("--no-calibration", action="store_true",
+                        help="keep batch norm's default running statistics (random deep ResNets' logits explode)")
     parser.add_argument("--out", help="JSON path (default bench/results/export_sweep.json)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.image_path = coco_image(args.data_dir) if args.input == "coco" else None
+    images = coco_images(args.data_dir) if args.input == "coco" else [None]
+    args.image_path = images[0]
+    args.calibration = None if args.no_calibration else images[1:]
 
     names = [
         (name, family)
@@ -164,7 +212,9 @@ def main() -> None:
                 "segmenter_input": [1, 3, args.seg_size, args.seg_size], "formats": args.formats,
                 "weights": "random, torch.manual_seed(0)",
                 "input": (f"{args.image_path.name} (COCO val2017), resized, ImageNet-normalized" if args.image_path
-                          else "torch.randn, seed 1")}  # fmt: skip
+                          else "torch.randn, seed 1"),
+                "batch_norm": "default running statistics" if args.calibration is None else
+                "running statistics from one train-mode pass over the other COCO images (or 8 noises)"}  # fmt: skip
     results: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="export_sweep_") as tmp:
         for name, family in names:

@@ -421,6 +421,7 @@ def export_module(
         output={"name": "logits", "shape": ["batch", *expected.shape[1:]]},
         parity={
             "max_abs_diff": diff,
+            "max_abs_output": float(expected.abs().max()),  # the scale the difference is relative to
             "tolerance": tolerance,
             "passed": diff <= tolerance,
             "same_argmax": bool((got.argmax(1) == expected.argmax(1)).all()),
