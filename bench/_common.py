@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -42,8 +43,13 @@ def default_precision() -> str:
     return "bf16-mixed" if torch.cuda.is_available() or cpu_has_bf16() else "32-true"
 
 
-def resolve_precision(precision: str) -> str:
-    return default_precision() if precision == "auto" else precision
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    """The training benchmarks' ``--precision`` (default ``auto``, resolved by :func:`default_precision` on parsing)."""
+    parser.add_argument(
+        "--precision", default="auto", type=lambda p: default_precision() if p == "auto" else p,
+        help="Lightning precision; auto: bf16-mixed where the CPU has native bf16 (AVX512-BF16/AMX: nearly halves "
+        "a step), else 32-true (emulated bf16 is many times slower)",
+    )  # fmt: skip
 
 
 def machine() -> dict:

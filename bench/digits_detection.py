@@ -21,7 +21,7 @@ import pytorch_lightning as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench._common import TimeBudget, data_dir, markdown_table, resolve_precision, write_json  # noqa: E402
+from bench._common import TimeBudget, add_precision_argument, data_dir, markdown_table, write_json  # noqa: E402
 from datamodules.digit_canvas import DigitCanvasDataModule  # noqa: E402
 from zoo.detection import ObjectDetector  # noqa: E402
 
@@ -92,9 +92,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None, help="default: 3e-3 SSDlite, 1e-3 Faster R-CNN")
     parser.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
     parser.add_argument("--warmup", type=float, default=0.05, help="fraction of the budget of linear lr warm-up")
-    parser.add_argument("--precision", default="auto",
-                        help="Lightning precision; auto: bf16-mixed where the CPU has native bf16 "
-                        "(AVX512-BF16/AMX: nearly halves a step), else 32-true (emulated bf16 is many times slower)")
+    add_precision_argument(parser)
     parser.add_argument("--image-size", type=int, default=None, help="network input size (default: canvas size)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -102,7 +100,6 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    args.precision = resolve_precision(args.precision)
     rows = [run(key, args) for key in args.models.split(",")]
     headers = ["model", "minutes", "steps", "epochs", "train_images_per_s", "map_50", "map", "map_75", "mar_100"]
     print(markdown_table(headers, [[r[h] for h in headers] for r in rows]))

@@ -26,7 +26,7 @@ import pytorch_lightning as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import TimeBudget, data_dir, machine, markdown_table, resolve_precision, write_json  # noqa: E402
+from _common import TimeBudget, add_precision_argument, data_dir, machine, markdown_table, write_json  # noqa: E402
 
 from datamodules import FashionMNISTDataModule  # noqa: E402
 from zoo import get_model_entry  # noqa: E402
@@ -81,13 +81,10 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0, help="training budget per model")
     parser.add_argument("--max-lr", type=float, default=0.05)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--precision", default="auto",
-                        help="Lightning precision; auto: bf16-mixed where the CPU has native bf16 "
-                        "(AVX512-BF16/AMX: nearly halves a step), else 32-true (emulated bf16 is many times slower)")
+    add_precision_argument(parser)
     parser.add_argument("--data-dir")
     parser.add_argument("--out")
     args = parser.parse_args()
-    args.precision = resolve_precision(args.precision)
     data = data_dir(args.data_dir)
     results = []
     for name in args.models:

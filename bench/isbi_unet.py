@@ -39,7 +39,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import TimeBudget, data_dir, markdown_table, resolve_precision, write_json  # noqa: E402
+from _common import TimeBudget, add_precision_argument, data_dir, markdown_table, write_json  # noqa: E402
 
 from datamodules import ISBI2012DataModule  # noqa: E402
 from zoo.segmentation import SemanticSegmenter, unet_weight_map  # noqa: E402
@@ -174,14 +174,11 @@ def main() -> None:
     parser.add_argument("--smp-crop", type=int, default=256, help="smp_unet's training crop side")
     parser.add_argument("--smp-batch", type=int, default=4, help="smp_unet's crops per batch")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam peak learning rate (cosine decay over the budget)")
-    parser.add_argument("--precision", default="auto",
-                        help="Lightning precision; auto: bf16-mixed where the CPU has native bf16 "
-                        "(AVX512-BF16/AMX: nearly halves a step), else 32-true (emulated bf16 is many times slower)")
+    add_precision_argument(parser)
     parser.add_argument("--workers", type=int, default=1, help="DataLoader workers (augmentation off the main process)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", default=None, help="JSON path (default bench/results/isbi_unet.json)")
     args = parser.parse_args()
-    args.precision = resolve_precision(args.precision)
     if args.threads:
         torch.set_num_threads(args.threads)
     base = Path(data_dir(args.data_dir))
