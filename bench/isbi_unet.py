@@ -9,6 +9,11 @@ the CPU computes bf16 natively, else float32 (``--precision auto``). Then it seg
 validation images and reports pixel error, the foreground-restricted Rand error and IoU, once plain
 and once with test-time flips (logits averaged over the identity and three flips).
 
+Two pixel errors: the fraction of pixels whose argmax class is wrong, and the ISBI challenge's own
+definition (``zoo.segmentation.ISBIPixelError``: 1 - the best F-score of the cell-interior probability
+map over the thresholds 0, 0.1, ..., 1), which is what the U-Net paper's 0.0611 measures. The
+challenge's best threshold is picked on the images evaluated, as the challenge did on its test set.
+
 * ``unet_weighted``: the paper's valid-convolution U-Net (depth 4; width ``--base-channels``, 64 in
   the paper), loss eq. 1 with the weight map of eq. 2 (w0 10, sigma 5), 572x572 tiles, elastic
   deformation on a 3x3 grid with 10 px std.
@@ -17,7 +22,8 @@ and once with test-time flips (logits averaged over the identity and three flips
   download), cross-entropy + Dice (``--smp-loss``), batches of 4 crops of 256x256 (``--smp-batch``,
   ``--smp-crop``).
 
-Target: pixel error <= 0.08 with the best of them (20-minute budget per model).
+Target: pixel error <= 0.08 with the best of them (20-minute budget per model); the script says
+whether each definition meets it.
 
     python bench/isbi_unet.py                                  # 3 x 20 minutes
     python bench/isbi_unet.py --budget-minutes 1               # a smoke test
@@ -98,12 +104,12 @@ def evaluate_with_flips(model: SemanticSegmenter, dm: ISBI2012DataModule) -> dic
     model.eval()
     with torch.inference_mode():
         for batch in dm.val_dataloader():
-            preds = model.segment(batch["image"], flips=True).argmax(dim=1)
-            for metric in metrics.values():
-                metric.update(preds, batch["mask"])
+            model.update_metrics(metrics, model.segment(batch["image"], flips=True), batch["mask"])
     values = {name: metric.compute() for name, metric in metrics.items()}
     return {
         "pixel_error": float(values["pixel_error"]),
+        "isbi_pixel_error": float(values["isbi_pixel_error"]),
+        "isbi_threshold": metrics["isbi_pixel_error"].best_threshold,
         "rand_error": float(values["rand_error"]),
         "iou": float(values["iou"].nanmean()),
     }
@@ -148,6 +154,7 @@ def run(name: str, args: argparse.Namespace, root: Path) -> dict:
         "train_s": train_s,
         "eval_s": eval_s,
         "pixel_error": metrics["val/pixel_error"],
+        "isbi_pixel_error": metrics["val/isbi_pixel_error"],
         "rand_error": metrics["val/rand_error"],
         "iou_membrane": metrics["val/iou_membrane"],
         "iou_cell": metrics["val/iou_cell"],
@@ -199,11 +206,13 @@ def main() -> None:
         "steps",
         "train min",
         "pixel error",
+        "ISBI pixel error",
         "Rand error",
         "IoU membrane",
         "IoU cell",
         "mean IoU",
         "pixel error (flips)",
+        "ISBI pixel error (flips)",
         "Rand error (flips)",
     ]
     rows = [
@@ -215,23 +224,24 @@ def main() -> None:
             r["steps"],
             r["train_s"] / 60,
             r["pixel_error"],
+            r["isbi_pixel_error"],
             r["rand_error"],
             r["iou_membrane"],
             r["iou_cell"],
             r["iou"],
             r["flips"]["pixel_error"],
+            r["flips"]["isbi_pixel_error"],
             r["flips"]["rand_error"],
         ]
         for r in results
     ]
-    best = min(results, key=lambda r: min(r["pixel_error"], r["flips"]["pixel_error"]))
-    best_error = min(best["pixel_error"], best["flips"]["pixel_error"])
     print(f"## ISBI 2012, {args.budget_minutes:g}-minute training budget per model, 4 validation images\n")
     print(markdown_table(headers, rows))
-    print(
-        f"\nbest pixel error: {best_error:.4f} ({best['model']}); target <= 0.08: "
-        f"{'met' if best_error <= 0.08 else 'NOT met'}"
-    )
+    for key, what in (("pixel_error", "pixel error (argmax)"), ("isbi_pixel_error", "ISBI challenge pixel error")):
+        best = min(results, key=lambda r: min(r[key], r["flips"][key]))
+        best_error = min(best[key], best["flips"][key])
+        print(f"best {what}: {best_error:.4f} ({best['model']}); target <= 0.08: "
+              f"{'met' if best_error <= 0.08 else 'NOT met'}")
     path = write_json("isbi_unet", {"args": vars(args), "weight_map": timing, "results": results}, args.out)
     print(f"wrote {path}")
 

@@ -88,3 +88,64 @@ def test_the_fixed_noise_grid_is_the_same_images_until_the_generator_changes():
 def test_gans_require_symmetric_images():
     with pytest.raises(ValueError, match="symmetric"):
         GAN(image_range="unit")
+
+
+def test_generator_ema_is_the_moving_average_of_the_weights_after_each_generator_step(tiny_images, make_trainer):
+    torch.manual_seed(0)
+    decay = 0.6
+    model = DCGAN(latent_dim=8, width=8, generator_ema=decay)
+    after_each_step: list[dict[str, torch.Tensor]] = []
+    generator_step = model.generator_step
+
+    def record(*args, **kwargs):
+        out = generator_step(*args, **kwargs)
+        after_each_step.append({n: t.detach().clone() for n, t in model.generator.state_dict().items()})
+        return out
+
+    model.generator_step = record
+    make_trainer(max_steps=6, limit_val_batches=0).fit(model, tiny_images(symmetric=True))
+
+    assert len(after_each_step) == 3 and int(model.generator_ema.n_averaged) == 3
+    expected = dict(after_each_step[0])  # the first update copies the weights
+    for weights in after_each_step[1:]:
+        expected = {n: decay * expected[n] + (1 - decay) * w if w.is_floating_point() else w
+                    for n, w in weights.items()}
+    averaged = model.generator_ema.module.state_dict()
+    for name, value in expected.items():
+        if value.is_floating_point():  # weights and batch-norm running statistics alike
+            torch.testing.assert_close(averaged[name], value, msg=f"{name} is not the moving average")
+    assert not torch.equal(averaged["net.0.weight"], model.generator.state_dict()["net.0.weight"])
+    # the average is nobody's trainable parameter: no optimizer holds it and it takes no gradient
+    optimized = {id(p) for opt in model.trainer.optimizers for group in opt.param_groups for p in group["params"]}
+    assert not any(p.requires_grad or id(p) in optimized for p in model.generator_ema.parameters())
+
+
+def test_sampling_uses_the_generator_average_and_survives_a_checkpoint(tiny_images, make_trainer, tmp_path):
+    torch.manual_seed(0)
+    model = DCGAN(latent_dim=8, width=8, generator_ema=0.999)
+    trainer = make_trainer(max_steps=2, limit_val_batches=0)
+    trainer.fit(model, tiny_images(symmetric=True))
+    model.eval()
+    with torch.no_grad():  # make the average visibly different: its last layer outputs tanh(0) = 0
+        last = model.generator_ema.module.net[-2]
+        last.weight.zero_()
+        last.bias.zero_()
+    z = torch.randn(4, 8)
+    assert model.sampler is model.generator_ema.module
+    assert torch.equal(model(z), torch.zeros(4, 1, 28, 28)) and torch.equal(model.generate(z), model(z))
+    assert torch.equal(model.sample(3), torch.zeros(3, 1, 28, 28))
+    assert torch.equal(model.sample_grids()["samples"], torch.full((64, 1, 28, 28), 0.5))  # 0 in [0, 1] units
+    assert model.generator(z).abs().sum() > 0  # the trained generator itself is untouched
+
+    path = tmp_path / "ema.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = DCGAN.load_from_checkpoint(path).eval()
+    assert torch.equal(loaded(z), model(z)) and torch.equal(loaded.generator(z), model.generator(z))
+
+
+def test_generator_ema_must_be_a_decay_between_0_and_1():
+    for bad in (0.0, 1.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match=r"generator_ema .* in \(0, 1\)"):
+            DCGAN(generator_ema=bad)
+    plain = DCGAN()  # off by default: the papers sample from the generator itself
+    assert plain.generator_ema is None and plain.sampler is plain.generator

@@ -99,6 +99,8 @@ class SegmentationReport(ReportWriter):
         ]
         if fg is not None:
             summary.append([f"Rand error (foreground: {names[fg]})", metrics.get("test/rand_error", float("nan"))])
+            summary.append(["ISBI challenge pixel error (1 - best F-score over thresholds)",
+                            metrics.get("test/isbi_pixel_error", float("nan"))])
         summary.append(["test images", self.num_samples])
         headers = [
             "image",

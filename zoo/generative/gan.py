@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from pytorch_lightning.cli import OptimizerCallable
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from zoo.generative.base import GenerativeModule, ImageRange
 from zoo.utils.optim import as_factory, plain_factory_hparams
@@ -62,9 +63,15 @@ class MLPDiscriminator(nn.Module):
 class DCGANGenerator(nn.Module):
     """DCGAN's generator (Radford et al. 2016, sec. 3 and fig. 1) scaled to 28x28: project z to a
     ``2w x 7 x 7`` map, then fractionally strided 4x4 convolutions 7 -> 14 -> 28; batch norm and
-    ReLU everywhere except the tanh output layer."""
+    ReLU everywhere except the tanh output layer.
 
-    def __init__(self, latent_dim: int, in_channels: int, image_size: int, width: int = 64) -> None:
+    ``extra_layers`` adds that many 3x3 stride-1 convolutions (``w`` channels, batch norm, ReLU) at
+    14x14, before the output layer: the ``n_extra_layers`` of the DCGAN generator in Arjovsky et al.'s
+    WGAN code, more depth without more resolution."""
+
+    def __init__(
+        self, latent_dim: int, in_channels: int, image_size: int, width: int = 64, extra_layers: int = 0
+    ) -> None:
         super().__init__()
         if image_size % 4:
             raise ValueError(f"DCGAN upsamples twice: image_size must be a multiple of 4, got {image_size}")
@@ -76,6 +83,8 @@ class DCGANGenerator(nn.Module):
         self.net = nn.Sequential(
             nn.ConvTranspose2d(self.channels, width, 4, stride=2, padding=1, bias=False),
             nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            *[layer for _ in range(extra_layers) for layer in (
+                nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))],
             nn.ConvTranspose2d(width, in_channels, 4, stride=2, padding=1), nn.Tanh(),
         )
 
@@ -124,7 +133,11 @@ class GAN(GenerativeModule):
 
     Options: ``label_smoothing`` s makes the discriminator's real target ``1 - s`` (one-sided, only
     real labels: Salimans et al. 2016, sec. 3.4); ``label_noise`` p flips each discriminator label
-    with probability p.
+    with probability p; ``generator_ema`` d keeps an exponential moving average of the generator's
+    weights, ``w_avg <- d * w_avg + (1 - d) * w`` after every generator step (Yazici et al. 2019, "The
+    Unusual Effectiveness of Averaging in GAN Training", ICLR, sec. 3; as in Karras et al. 2018,
+    ProGAN, and later GANs), through ``torch.optim.swa_utils.AveragedModel``. Sampling, FID, the 1-NN
+    test and the sample grid then use the average (:attr:`sampler`); training never reads it.
 
     Logs ``train/loss_d``, ``train/loss_g``, ``train/d_real`` and ``train/d_fake`` (mean D output on
     real / fake), and at validation end FID and the 1-NN accuracy; a fixed noise batch
@@ -134,7 +147,10 @@ class GAN(GenerativeModule):
         arch: ``mlp`` (Goodfellow et al. 2014) or ``conv`` (DCGAN).
         latent_dim: size of z ~ N(0, I).
         width: base width of the DCGAN networks (``conv`` only).
-        label_smoothing, label_noise: see above.
+        generator_extra_layers: 3x3 stride-1 layers added to the DCGAN generator (``conv`` only; see
+            :class:`DCGANGenerator`).
+        label_smoothing, label_noise, generator_ema: see above (``generator_ema`` None: sample from the
+            generator itself, as in the papers).
         generator_optimizer, discriminator_optimizer: any ``torch.optim`` class with its arguments.
         in_channels, image_size, image_range, metric_samples, fid_classifier, fid_inception_weights:
             see :class:`zoo.generative.base.GenerativeModule`; a GAN's images are in [-1, 1].
@@ -149,6 +165,8 @@ class GAN(GenerativeModule):
         width: int = 64,
         label_smoothing: float = 0.0,
         label_noise: float = 0.0,
+        generator_ema: float | None = None,
+        generator_extra_layers: int = 0,
         generator_optimizer: OptimizerCallable = DCGAN_ADAM,
         discriminator_optimizer: OptimizerCallable = DCGAN_ADAM,
         in_channels: int = 1,
@@ -177,27 +195,43 @@ class GAN(GenerativeModule):
             self.generator: nn.Module = MLPGenerator(latent_dim, in_channels, image_size)
             self.discriminator: nn.Module = MLPDiscriminator(in_channels, image_size)
         elif arch == "conv":
-            self.generator = DCGANGenerator(latent_dim, in_channels, image_size, width)
+            self.generator = DCGANGenerator(latent_dim, in_channels, image_size, width, generator_extra_layers)
             self.discriminator = DCGANDiscriminator(in_channels, image_size, width)
             self.generator.apply(dcgan_init)
             self.discriminator.apply(dcgan_init)
         else:
             raise ValueError(f"arch must be 'mlp' or 'conv', got {arch!r}")
+        if generator_ema is not None and not 0 < generator_ema < 1:
+            raise ValueError(
+                f"generator_ema is the decay of a moving average: in (0, 1), e.g. 0.999; got {generator_ema}"
+            )
+        self.generator_ema: AveragedModel | None = None
+        if generator_ema is not None:
+            # Buffers too: batch norm's running statistics are averaged like the weights they belong to.
+            self.generator_ema = AveragedModel(
+                self.generator, multi_avg_fn=get_ema_multi_avg_fn(generator_ema), use_buffers=True
+            ).requires_grad_(False)
         self.register_buffer("fixed_noise", torch.randn(64, latent_dim, generator=torch.Generator().manual_seed(0)))
 
     # -- plain PyTorch use ---------------------------------------------------------------------------
+    @property
+    def sampler(self) -> nn.Module:
+        """The network that makes the images: the generator's weight average when ``generator_ema`` is set,
+        else the generator being trained."""
+        return self.generator if self.generator_ema is None else self.generator_ema.module
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1] generated from noise ``(N, latent_dim)``."""
-        return self.generator(z)
+        """Images in [-1, 1] generated from noise ``(N, latent_dim)`` (by :attr:`sampler`)."""
+        return self.sampler(z)
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
-        return self.generator(torch.randn(n, self.latent_dim, device=self.device))
+        return self.sampler(torch.randn(n, self.latent_dim, device=self.device))
 
     @torch.no_grad()
     def generate(self, z: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1] generated from noise ``z`` ``(N, latent_dim)``."""
-        return self.generator(z)
+        """Images in [-1, 1] generated from noise ``z`` ``(N, latent_dim)`` (by :attr:`sampler`)."""
+        return self.sampler(z)
 
     # -- the alternating updates ---------------------------------------------------------------------
     def discriminator_targets(self, n: int, real: bool) -> torch.Tensor:
@@ -251,6 +285,8 @@ class GAN(GenerativeModule):
         fake = self.generator(torch.randn(len(real), self.latent_dim, device=self.device))
         stats = self.discriminator_step(real, fake, opt_d)
         stats.update(self.generator_step(fake, opt_g))
+        if self.generator_ema is not None:
+            self.generator_ema.update_parameters(self.generator)
         self.log_dict({f"train/{k}": v for k, v in stats.items()}, prog_bar=True)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
@@ -267,12 +303,12 @@ class GAN(GenerativeModule):
         return {"samples": self.to_unit(self.sample(n)).clamp(0, 1)}
 
     def sample_grids(self) -> dict[str, torch.Tensor]:
-        """``samples``: the generator's images of the fixed noise batch (the same z every epoch)."""
-        was_training = self.generator.training
-        self.generator.eval()  # batch-norm running statistics, as at sampling time
+        """``samples``: the sampler's images of the fixed noise batch (the same z every epoch)."""
+        was_training = self.sampler.training
+        self.sampler.eval()  # batch-norm running statistics, as at sampling time
         with torch.no_grad():
-            images = self.generator(self.fixed_noise)
-        self.generator.train(was_training)
+            images = self.sampler(self.fixed_noise)
+        self.sampler.train(was_training)
         return {"samples": self.to_unit(images).clamp(0, 1)}
 
     def configure_optimizers(self) -> Any:
@@ -290,6 +326,8 @@ class DCGAN(GAN):
         width: int = 64,
         label_smoothing: float = 0.0,
         label_noise: float = 0.0,
+        generator_ema: float | None = None,
+        generator_extra_layers: int = 0,
         generator_optimizer: OptimizerCallable = DCGAN_ADAM,
         discriminator_optimizer: OptimizerCallable = DCGAN_ADAM,
         in_channels: int = 1,
@@ -303,7 +341,7 @@ class DCGAN(GAN):
         arch: Literal["conv"] = "conv",
     ) -> None:
         super().__init__(
-            arch, latent_dim, width, label_smoothing, label_noise, generator_optimizer, discriminator_optimizer,
-            in_channels, image_size, image_range, metric_samples, fid_classifier, fid_inception_weights,
-            num_classes, class_names,
+            arch, latent_dim, width, label_smoothing, label_noise, generator_ema, generator_extra_layers,
+            generator_optimizer, discriminator_optimizer, in_channels, image_size, image_range, metric_samples,
+            fid_classifier, fid_inception_weights, num_classes, class_names,
         )

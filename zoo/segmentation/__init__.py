@@ -5,7 +5,7 @@ overlap-tile inference, metrics and the :class:`SemanticSegmenter` LightningModu
 """
 
 from zoo.segmentation.losses import WeightedPixelLoss, WeightMapCache, build_loss, unet_weight_map
-from zoo.segmentation.metrics import PixelError, RandError, adapted_rand_error, pixel_error, rand_error
+from zoo.segmentation.metrics import ISBIPixelError, PixelError, RandError, adapted_rand_error, pixel_error, rand_error
 from zoo.segmentation.models import (
     PSPNet,
     UNet,
@@ -19,6 +19,7 @@ from zoo.segmentation.tiling import mirror_pad, predict_tiled, predict_whole
 
 __all__ = [
     "PSPNet",
+    "ISBIPixelError",
     "PixelError",
     "RandError",
     "SemanticSegmenter",

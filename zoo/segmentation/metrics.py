@@ -3,7 +3,12 @@
 IoU and Dice per class come from torchmetrics (``MulticlassJaccardIndex``,
 ``torchmetrics.segmentation.DiceScore``) in :class:`zoo.segmentation.SemanticSegmenter`.
 
-* **Pixel error** (ISBI 2012): the fraction of pixels whose predicted class is wrong.
+* **Pixel error**: the fraction of pixels whose predicted (argmax) class is wrong.
+* **ISBI challenge pixel error** (:class:`ISBIPixelError`): what the ISBI 2012 challenge and the U-Net
+  paper's table 1 call pixel error, ``1 -`` the maximal F-score of pixel similarity over the thresholds
+  0, 0.1, ..., 1 of the foreground probability map (positive = foreground; the challenge's Fiji code,
+  ``trainableSegmentation.metrics.PixelError.getPixelErrorMaximalFScore(0.0, 1.0, 0.1)``). Not the same
+  number as the fraction above: an F-score, and the best threshold for the images evaluated.
 * **Foreground-restricted Rand error** (ISBI 2012; Arganda-Carreras et al. 2015, "Crowdsourcing the
   creation of image segmentation algorithms for connectomics"): the cells of the ground truth and of
   the prediction are the connected components of the foreground class; pixels that are background
@@ -98,6 +103,49 @@ class PixelError(Metric):
         return self.wrong.float() / self.total.clamp_min(1)
 
 
+class ISBIPixelError(Metric):
+    """The ISBI 2012 challenge's pixel error: ``1 - max_t F(t)`` over the thresholds ``t`` = 0, 0.1, ..., 1,
+    where ``F(t)`` is the F-score (harmonic mean of precision and recall) of "foreground probability > t"
+    against "true class is the foreground", counted over every pixel seen (Arganda-Carreras et al. 2015,
+    sec. 2.4; the challenge's Fiji evaluation, ``PixelError.getPixelErrorMaximalFScore(0.0, 1.0, 0.1)``).
+    The U-Net paper's 0.0611 (table 1) is this number on the challenge's test set.
+
+    ``update(probs, target)``: foreground probabilities ``(N, H, W)`` in [0, 1] and class maps ``(N, H, W)``.
+    Counts are sums (DDP-safe). :attr:`best_threshold` is the threshold of the last ``compute()``.
+    Written here: neither torchmetrics nor scikit-image has the challenge's definition.
+    """
+
+    higher_is_better = False
+    full_state_update = False
+
+    def __init__(self, foreground_class: int = 1, thresholds: int = 11, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.foreground_class = foreground_class
+        self.register_buffer("thresholds", torch.linspace(0, 1, thresholds), persistent=False)
+        for name in ("tp", "fp", "fn"):
+            self.add_state(name, torch.zeros(thresholds, dtype=torch.long), dist_reduce_fx="sum")
+        self.best_threshold = float("nan")
+
+    def update(self, probs: torch.Tensor, target: torch.Tensor) -> None:
+        if probs.shape != target.shape:
+            raise ValueError(f"foreground probabilities {tuple(probs.shape)} and class maps {tuple(target.shape)} "
+                             "must have the same shape")
+        positive = (target == self.foreground_class).flatten()
+        probs = probs.flatten()
+        for i, t in enumerate(self.thresholds):
+            predicted = probs > t
+            self.tp[i] += (predicted & positive).sum()
+            self.fp[i] += (predicted & ~positive).sum()
+            self.fn[i] += (~predicted & positive).sum()
+
+    def compute(self) -> torch.Tensor:
+        tp, fp, fn = self.tp.double(), self.fp.double(), self.fn.double()
+        f_score = torch.where(tp > 0, 2 * tp / (2 * tp + fp + fn), torch.zeros_like(tp))  # = 2PR / (P + R)
+        best = int(f_score.argmax())
+        self.best_threshold = float(self.thresholds[best])
+        return (1 - f_score[best]).float()
+
+
 class RandError(Metric):
     """Mean over images of the ISBI foreground-restricted Rand error (:func:`rand_error`).
 
@@ -127,6 +175,7 @@ class RandError(Metric):
 
 
 __all__ = [
+    "ISBIPixelError",
     "PixelError",
     "RandError",
     "adapted_rand_error",

@@ -15,7 +15,7 @@ from torchmetrics.segmentation import DiceScore
 
 from zoo.registry import create_model
 from zoo.segmentation.losses import build_loss
-from zoo.segmentation.metrics import PixelError, RandError
+from zoo.segmentation.metrics import ISBIPixelError, PixelError, RandError
 from zoo.segmentation.models.unet import center_crop
 from zoo.segmentation.tiling import predict_tiled
 from zoo.utils.checkpoint import ZooCheckpointMixin
@@ -149,7 +149,19 @@ class SemanticSegmenter(ZooCheckpointMixin, pl.LightningModule):
         }
         if self.hparams.foreground_class is not None:
             metrics["rand_error"] = RandError(self.hparams.foreground_class)
+            metrics["isbi_pixel_error"] = ISBIPixelError(self.hparams.foreground_class)
         return torch.nn.ModuleDict(metrics)
+
+    def update_metrics(self, metrics: torch.nn.ModuleDict, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Update ``metrics`` (from :meth:`_metrics`) with full-size ``logits``; return the class maps. The
+        challenge's pixel error takes the foreground probability, every other metric the argmax class."""
+        preds = logits.argmax(dim=1)
+        for metric in metrics.values():
+            if isinstance(metric, ISBIPixelError):
+                metric.update(logits.float().softmax(dim=1)[:, metric.foreground_class], mask)
+            else:
+                metric.update(preds, mask)
+        return preds
 
     @property
     def aux_weight(self) -> float:
@@ -225,10 +237,7 @@ class SemanticSegmenter(ZooCheckpointMixin, pl.LightningModule):
         self._check_batch(stage, batch)
         logits = self.segment(batch["image"])
         loss, _ = self.compute_loss(logits, batch)
-        preds = logits.argmax(dim=1)
-        metrics = self.val_metrics if stage == "val" else self.test_metrics
-        for metric in metrics.values():
-            metric.update(preds, batch["mask"])
+        preds = self.update_metrics(self.val_metrics if stage == "val" else self.test_metrics, logits, batch["mask"])
         loss_metric = self.val_loss if stage == "val" else self.test_loss
         loss_metric.update(loss.detach(), weight=len(preds))
         self.log(f"{stage}/loss", loss_metric, prog_bar=True)
