@@ -70,7 +70,8 @@ def test_segmenter_test_writes_metrics_json_per_image_table_and_overlays(isbi_ru
     ckpt, config = isbi_run
     cli = _test(config, ckpt, f"--report_dir={tmp_path}")
     logged = cli.trainer.callback_metrics
-    assert {"test/pixel_error", "test/rand_error", "test/iou_membrane", "test/dice_cell"} <= logged.keys()
+    assert {"test/pixel_error", "test/isbi_pixel_error", "test/rand_error", "test/iou_membrane", "test/dice_cell"} <= (
+        logged.keys())
     summary = _assert_report(tmp_path, logged, ["per_class_iou_dice.png", "best_overlays.png", "worst_overlays.png"])
     rows = summary["report"]["per_image"]
     assert len(rows) == summary["num_samples"] == 2  # limit_test_batches=2, one whole image per batch

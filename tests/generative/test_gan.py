@@ -149,3 +149,19 @@ def test_generator_ema_must_be_a_decay_between_0_and_1():
             DCGAN(generator_ema=bad)
     plain = DCGAN()  # off by default: the papers sample from the generator itself
     assert plain.generator_ema is None and plain.sampler is plain.generator
+
+
+def test_generator_extra_layers_add_3x3_convolutions_at_half_resolution():
+    plain, deeper = DCGAN(width=8), DCGAN(width=8, generator_extra_layers=2)
+    added = [m for m in deeper.generator.net if isinstance(m, torch.nn.Conv2d)]
+    assert not [m for m in plain.generator.net if isinstance(m, torch.nn.Conv2d)]
+    assert [(m.in_channels, m.out_channels, m.kernel_size, m.stride) for m in added] == [(8, 8, (3, 3), (1, 1))] * 2
+    shapes = []
+    handle = added[0].register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape)))
+    assert deeper(torch.randn(3, deeper.latent_dim)).shape == (3, 1, 28, 28)
+    handle.remove()
+    assert shapes == [(3, 8, 14, 14)]
+    assert sum(p.numel() for p in deeper.generator.parameters()) == sum(
+        p.numel() for p in plain.generator.parameters()) + 2 * (8 * 8 * 9 + 2 * 8)  # conv weights + BN scale/shift
+    with pytest.raises(ValueError, match="extra_layers"):
+        DCGAN(generator_extra_layers=-1)

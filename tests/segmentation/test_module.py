@@ -92,7 +92,8 @@ def test_validation_and_predict_on_images_of_any_size(tmp_path):
     events.Reload()
     assert "val/samples" in events.Tags()["images"]  # image | ground truth | prediction | weight map
     metrics = trainer.callback_metrics
-    for key in ("val/loss", "val/pixel_error", "val/rand_error", "val/iou", "val/dice", "val/iou_foreground"):
+    for key in ("val/loss", "val/pixel_error", "val/isbi_pixel_error", "val/rand_error", "val/iou", "val/dice",
+                "val/iou_foreground"):
         assert key in metrics, key
     written = trainer.predict(model, dm)
     assert len(written) == 4

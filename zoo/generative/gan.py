@@ -75,6 +75,8 @@ class DCGANGenerator(nn.Module):
         super().__init__()
         if image_size % 4:
             raise ValueError(f"DCGAN upsamples twice: image_size must be a multiple of 4, got {image_size}")
+        if extra_layers < 0:
+            raise ValueError(f"extra_layers counts added 3x3 layers: 0 or more, got {extra_layers}")
         self.grid, self.channels = image_size // 4, 2 * width
         self.project = nn.Sequential(
             nn.Linear(latent_dim, self.channels * self.grid**2, bias=False),
