@@ -18,8 +18,8 @@ from zoo.segmentation.module import SemanticSegmenter
 from zoo.segmentation.tiling import mirror_pad, predict_tiled, predict_whole
 
 __all__ = [
-    "PSPNet",
     "ISBIPixelError",
+    "PSPNet",
     "PixelError",
     "RandError",
     "SemanticSegmenter",

@@ -112,7 +112,9 @@ class ISBIPixelError(Metric):
 
     ``update(probs, target)``: foreground probabilities ``(N, H, W)`` in [0, 1] and class maps ``(N, H, W)``.
     Counts are sums (DDP-safe). :attr:`best_threshold` is the threshold of the last ``compute()``.
-    Written here: neither torchmetrics nor scikit-image has the challenge's definition.
+    Written here: neither torchmetrics nor scikit-image has the challenge's definition, and torchmetrics'
+    binned ``BinaryPrecisionRecallCurve`` counts ``probability >= t`` where the challenge counts ``> t``
+    (they differ on saturated probabilities of exactly 0 or 1 and on ties at a threshold).
     """
 
     higher_is_better = False

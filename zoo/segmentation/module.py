@@ -58,9 +58,10 @@ class SemanticSegmenter(ZooCheckpointMixin, pl.LightningModule):
     segment whole images of any size with :func:`zoo.segmentation.predict_tiled` (``tile_size``
     None: one mirror-padded pass over the whole image).
 
-    Logs ``train/loss``; ``{val,test}/loss``, ``/pixel_error``, ``/rand_error`` (ISBI
-    foreground-restricted, cells = components of ``foreground_class``), ``/iou`` and ``/dice`` (mean
-    over classes) and per class ``/iou_<name>``, ``/dice_<name>`` (torchmetrics); and, each
+    Logs ``train/loss``; ``{val,test}/loss``, ``/pixel_error`` (argmax), ``/isbi_pixel_error`` (the
+    challenge's 1 - best F-score of ``foreground_class``, :class:`~zoo.segmentation.ISBIPixelError`),
+    ``/rand_error`` (ISBI foreground-restricted, cells = components of ``foreground_class``), ``/iou``
+    and ``/dice`` (mean over classes) and per class ``/iou_<name>``, ``/dice_<name>`` (torchmetrics); and, each
     validation epoch, a grid of image / ground truth / prediction / weight map (TensorBoard).
 
     ``predict`` writes ``<name>_mask.png`` (two classes: 0 / 255 grayscale, e.g. ISBI's polarity
@@ -77,8 +78,8 @@ class SemanticSegmenter(ZooCheckpointMixin, pl.LightningModule):
             ``weighted_ce+dice`` (:func:`zoo.segmentation.losses.build_loss`).
         loss_kwargs: keyword arguments of the loss.
         optimizer, lr_scheduler, lr_scheduler_interval: as in ``ImageClassifier``.
-        foreground_class: class whose connected components are the objects of the Rand error; None
-            skips the Rand error.
+        foreground_class: class whose connected components are the objects of the Rand error, and the
+            positive class of the ISBI pixel error; None skips both.
         tile_size, tile_overlap, tile_batch_size: tiling of validation / test / predict images.
         tta_flips: average predictions over flips at predict time (test-time augmentation).
         output_dir: where ``predict`` writes; default ``<log dir>/predictions``.
