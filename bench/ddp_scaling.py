@@ -64,7 +64,7 @@ def build(workload: str, data: str) -> tuple[pl.LightningModule, pl.LightningDat
 
     if workload == "classifier":
         dm = MNISTDataModule(data_dir=data, download=False, batch_size=128)
-        model = ImageClassifier(backbone="resnet20", num_classes=10, in_channels=1)
+        model = ImageClassifier(network="resnet20", num_classes=10, in_channels=1)
         return model, dm, dm.batch_size
     root = Path(data) / "isbi2012_em_membrane"
     model = SemanticSegmenter(

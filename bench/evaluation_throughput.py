@@ -8,8 +8,9 @@ For each family, the same model and test data run ``trainer.test`` without and w
 without the report; the report's overhead = (time with report - time without) / time without, and
 the callback's own split (collecting per-sample outputs during the loop, writing metrics.json, report.md,
 report.html and the figures at the end). What the module itself does at the end of the test runs in both
-arms, so it counts in images/s and not in the overhead: the detector's COCOeval, its printed table and its
-own ``pr_curves.png`` / ``confusion_matrix.png``; the VAE's FID and 1-NN test.
+arms, so it counts in images/s and not in the overhead: the detector's COCOeval and its printed table; the
+VAE's FID and 1-NN test. (Until commit 59b440c the classifier and the detector also wrote their own confusion
+matrix / PR curves in both arms; the figures in ``bench/results/evaluation_throughput.json`` were measured so.)
 
 Models are untrained (throughput does not depend on the weights, except for detection, below):
 
@@ -91,7 +92,7 @@ def _run(
 
 def _classification(args: argparse.Namespace, data_dir: Path, work: Path) -> Family:
     return (
-        ImageClassifier("convnet", backbone_kwargs={"width": 16}),
+        ImageClassifier("convnet", network_kwargs={"width": 16}),
         MNISTDataModule(data_dir=str(data_dir), download=False),
         {},
     )
@@ -121,7 +122,7 @@ def _generation(args: argparse.Namespace, data_dir: Path, work: Path) -> Family:
         print(f"note: no FID feature classifier at {fid}: generation runs without FID (1-NN test on pixels). "
               "`python -m zoo.generative.features --out PATH` trains one.")  # fmt: skip
         fid = None
-    model = VAE(arch="conv", latent_dim=16, beta=1.0, loss="bce", metric_samples=1000,
+    model = VAE(network="vae_conv", latent_dim=16, beta=1.0, loss="bce", metric_samples=1000,
                 fid_classifier=str(fid) if fid else None)  # fmt: skip
     model.feature_extractor()  # load the FID classifier now, not inside the first timed run
     dm = MNISTDataModule(data_dir=str(data_dir), download=False, augment=False, normalization="unit")

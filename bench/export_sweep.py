@@ -52,7 +52,7 @@ def build_module(name: str, family: str) -> torch.nn.Module:
 
         small = "small_input" in inspect.signature(get_model_entry(name).builder).parameters
         kwargs = {"small_input": True} if small else {}
-        return ImageClassifier(name, num_classes=10, in_channels=3, backbone_kwargs=kwargs).eval()
+        return ImageClassifier(name, num_classes=10, in_channels=3, network_kwargs=kwargs).eval()
     from zoo.segmentation import SemanticSegmenter
 
     return SemanticSegmenter(name, num_classes=2, in_channels=3).eval()

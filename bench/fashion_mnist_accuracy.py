@@ -52,7 +52,7 @@ def run(name: str, minutes: float, data: str, max_lr: float, batch_size: int, pr
     if "small_input" in inspect.signature(get_model_entry(name).builder).parameters:
         kwargs["small_input"] = True
     model = ImageClassifier(
-        backbone=name, num_classes=10, in_channels=1, backbone_kwargs=kwargs, label_smoothing=0.1,
+        network=name, num_classes=10, in_channels=1, network_kwargs=kwargs, label_smoothing=0.1,
         optimizer=partial(torch.optim.SGD, lr=max_lr, momentum=0.9, nesterov=True, weight_decay=5e-4),
         class_names=dm.class_names,
     )
@@ -67,7 +67,7 @@ def run(name: str, minutes: float, data: str, max_lr: float, batch_size: int, pr
     return {
         "model": name,
         "params": sum(p.numel() for p in model.net.parameters()),
-        "backbone_kwargs": kwargs,
+        "network_kwargs": kwargs,
         "steps": budget.steps,
         "epochs": budget.steps * batch_size / len(dm.train_set),
         "train_seconds": seconds,

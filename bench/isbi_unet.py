@@ -100,7 +100,7 @@ def build(name: str, args: argparse.Namespace, root: Path) -> tuple[SemanticSegm
 def evaluate_with_flips(model: SemanticSegmenter, dm: ISBI2012DataModule) -> dict[str, float]:
     """The validation metrics again with test-time augmentation: logits averaged over the identity and
     the horizontal, vertical and double flips (``predict_tiled(..., flips=True)``)."""
-    metrics = model._metrics()
+    metrics = model.build_metrics()
     model.eval()
     with torch.inference_mode():
         for batch in dm.val_dataloader():

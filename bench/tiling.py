@@ -32,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import markdown_table, write_json  # noqa: E402
 
+from zoo.core.weights import load_weights  # noqa: E402
 from zoo.segmentation import UNet, build_smp, predict_tiled, predict_whole  # noqa: E402
 from zoo.segmentation.tiling import network_geometry, plan_axis  # noqa: E402
 
@@ -135,7 +136,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="timing repeats (best is kept)")
     parser.add_argument("--smp-tiles", type=int, nargs="*", default=[512, 1024])
     parser.add_argument("--overlap", type=int, default=64, help="overlap of padded-network tiles")
-    parser.add_argument("--smp-weights", default=None, help="local smp U-Net state dict (else random)")
+    parser.add_argument(
+        "--smp-weights", default=None, help="local smp U-Net weights: a state dict or a zoo checkpoint (else random)"
+    )
     parser.add_argument("--memory-sizes", type=int, nargs="*", default=[1024, 2048, 4096])
     parser.add_argument("--memory-tile", type=int, default=572)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -160,7 +163,7 @@ def main() -> None:
         rows = throughput(unet, args.size, args.tiles, 0, args.batch, args.repeats, name)
         smp_net = build_smp("unet", 2, 1, "resnet18").eval()
         if args.smp_weights:
-            smp_net.load_state_dict(torch.load(args.smp_weights, map_location="cpu", weights_only=True))
+            load_weights(smp_net, args.smp_weights)  # a state dict or zoo checkpoint of smp_unet, resnet18, 1 channel
         rows += throughput(
             smp_net,
             args.size,

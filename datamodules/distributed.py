@@ -21,9 +21,9 @@ read. Two pieces, used by every datamodule through :func:`make_dataloader`:
   It then fast-forwards over the batches already trained on (loaded, not trained on: cheap for in-memory
   data, and it keeps per-sample augmentation streams in step) and restores the states of the save: the
   next batch and its augmentation are those of the uninterrupted run. (Lightning hands the state over in
-  ``FitLoop.setup_data``; :class:`zoo.utils.reliability.ResumeCheckpoint` makes sure it does when the
+  ``FitLoop.setup_data``; :class:`zoo.core.reliability.ResumeCheckpoint` makes sure it does when the
   loader was built before the restore.) It also remembers the dataset indices of the batch it last handed
-  out (``current_indices``), which the failure handling of :mod:`zoo.utils.reliability` names when a loss
+  out (``current_indices``), which the failure handling of :mod:`zoo.core.reliability` names when a loss
   is not finite.
 
 Exactness holds for one process with ``num_workers=0`` or non-persistent workers whose randomness

@@ -16,8 +16,8 @@ Training samples are random ``crop_size`` crops (``crops_per_image`` per image a
 through the albumentations pipeline of :func:`datamodules.transforms.segmentation_train_transform`
 (the paper's coarse-grid elastic deformation, flips, rotations, gray value jitter); validation and
 test samples are whole images, never augmented. With ``weight_maps: true`` every label's U-Net
-weight map (:func:`zoo.segmentation.losses.unet_weight_map`) is computed once at ``setup`` and
-moves with its crop.
+weight map (:func:`datamodules.weight_maps.unet_weight_map`, Ronneberger et al. 2015 eq. 2) is computed
+once at ``setup`` and moves with its crop.
 
 Batches are dicts: ``image`` (N, C, H, W) float, normalized; ``mask`` (N, H, W) int64 classes;
 ``weight`` (N, H, W) float32 (with ``weight_maps``); ``name``; at predict time ``raw`` (the
@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 from datamodules.distributed import make_dataloader
 from datamodules.paths import resolve_data_dir
 from datamodules.transforms import seed_transform, segmentation_train_transform
+from datamodules.weight_maps import WeightMapCache
 
 IMAGE_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 
@@ -328,6 +329,7 @@ class SegmentationFolderDataModule(pl.LightningDataModule):
         predict_dir: folder (or one file) of images for ``predict``; None: the layout's default.
     """
 
+    folder: str | None = None  # a layout's data set folder: data_dir may be it or a root holding it
     default_mean: tuple[float, ...] = (0.5,)
     default_std: tuple[float, ...] = (0.25,)
 
@@ -407,7 +409,9 @@ class SegmentationFolderDataModule(pl.LightningDataModule):
     # -- layout: subclasses override these two ---------------------------------------------------------
     @property
     def root(self) -> Path:
-        return resolve_data_dir(self.data_dir)
+        """``data_dir`` (default ``$ZOO_DATA_DIR``), or its ``folder`` sub-folder where it holds one."""
+        base = resolve_data_dir(self.data_dir)
+        return base / self.folder if self.folder and (base / self.folder).is_dir() else base
 
     def _resolve(self, sub: str) -> Path:
         path = Path(sub).expanduser()
@@ -463,8 +467,6 @@ class SegmentationFolderDataModule(pl.LightningDataModule):
                 self.predict_paths = self.default_predict_paths()
 
     def _add_weight_maps(self, samples: list[SegmentationSample]) -> None:
-        from zoo.segmentation.losses import WeightMapCache
-
         cache = WeightMapCache(self.w0, self.sigma, self.class_weights)
         for s in samples:
             if s.instances is not None:
@@ -557,7 +559,12 @@ class ISBI2012DataModule(SegmentationFolderDataModule):
     ``train/label/<n>.png``, 512x512 grayscale; ``test/<n>.png`` unlabelled (what ``predict``
     segments by default). Labels: 0 membrane, 255 cell interior -> classes 0 ``membrane``, 1
     ``cell``; the cells are class 1's connected components. ``data_dir`` may be the data set folder
-    or a root holding ``isbi2012_em_membrane/``."""
+    or a root holding ``isbi2012_em_membrane/``.
+
+    The arguments are those of :class:`SegmentationFolderDataModule` (the U-Net paper's tile by default:
+    572x572 crops of images mirror-padded by 92 pixels, one per batch), less ``in_channels`` and
+    ``foreground_class`` (grayscale; the cells are class 1).
+    """
 
     folder = "isbi2012_em_membrane"
     default_mean = (0.4928,)
@@ -571,62 +578,27 @@ class ISBI2012DataModule(SegmentationFolderDataModule):
         mask_values: dict[int, int] | None = None,
         class_names: list[str] | None = None,
         val_size: float = 4,
-        split_seed: int = 0,
         crop_size: int = 572,
         pad: int = 92,
         crops_per_image: int = 4,
         batch_size: int = 1,
-        eval_batch_size: int = 1,
-        num_workers: int = 0,
-        augment: bool = True,
-        elastic: bool = True,
-        elastic_grid: int = 3,
-        elastic_sigma: float = 10.0,
-        flips: bool = True,
-        brightness_contrast: float = 0.1,
-        weight_maps: bool = False,
-        w0: float = 10.0,
-        sigma: float = 5.0,
-        class_weights: str | list[float] | None = "balanced",
-        mean: list[float] | None = None,
-        std: list[float] | None = None,
-        predict_dir: str | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(
-            data_dir,
-            image_dir,
-            mask_dir,
-            mask_values or {0: 0, 255: 1},
-            class_names or ["membrane", "cell"],
-            1,
-            1,
-            val_size,
-            split_seed,
-            crop_size,
-            pad,
-            crops_per_image,
-            batch_size,
-            eval_batch_size,
-            num_workers,
-            augment,
-            elastic,
-            elastic_grid,
-            elastic_sigma,
-            flips,
-            brightness_contrast,
-            weight_maps,
-            w0,
-            sigma,
-            class_weights,
-            mean,
-            std,
-            predict_dir,
+            data_dir=data_dir,
+            image_dir=image_dir,
+            mask_dir=mask_dir,
+            mask_values=mask_values or {0: 0, 255: 1},
+            class_names=class_names or ["membrane", "cell"],
+            in_channels=1,
+            foreground_class=1,
+            val_size=val_size,
+            crop_size=crop_size,
+            pad=pad,
+            crops_per_image=crops_per_image,
+            batch_size=batch_size,
+            **kwargs,
         )
-
-    @property
-    def root(self) -> Path:
-        base = resolve_data_dir(self.data_dir)
-        return base / self.folder if (base / self.folder).is_dir() else base
 
     def default_predict_paths(self) -> list[Path]:
         return list_images(self.root / "test")
@@ -640,7 +612,11 @@ class DSB2018DataModule(SegmentationFolderDataModule):
     accepts only the grayscale-like images. Sizes vary (256x256 to 1388x1040): whole-image
     validation needs ``eval_batch_size: 1``. ``predict`` segments the validation images unless
     ``predict_dir`` is set. ``data_dir`` may be the data set folder or a root holding
-    ``dsb2018_nuclei/``."""
+    ``dsb2018_nuclei/``.
+
+    The arguments are those of :class:`SegmentationFolderDataModule`, less the fixed layout's ``mask_dir``,
+    ``mask_values``, ``class_names`` and ``foreground_class``.
+    """
 
     folder = "dsb2018_nuclei"
     default_mean = (0.2172, 0.2104, 0.2265)
@@ -651,64 +627,23 @@ class DSB2018DataModule(SegmentationFolderDataModule):
         data_dir: str | None = None,
         image_dir: str = "stage1_train",
         in_channels: int = 3,
-        val_size: float = 0.2,
-        split_seed: int = 0,
-        crop_size: int = 256,
-        pad: int = 0,
         crops_per_image: int = 2,
         batch_size: int = 8,
-        eval_batch_size: int = 1,
-        num_workers: int = 0,
-        augment: bool = True,
-        elastic: bool = True,
-        elastic_grid: int = 3,
-        elastic_sigma: float = 10.0,
-        flips: bool = True,
-        brightness_contrast: float = 0.1,
-        weight_maps: bool = False,
-        w0: float = 10.0,
-        sigma: float = 5.0,
-        class_weights: str | list[float] | None = "balanced",
-        mean: list[float] | None = None,
-        std: list[float] | None = None,
-        predict_dir: str | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(
-            data_dir,
-            image_dir,
-            "masks",
-            {0: 0, 1: 1},
-            ["background", "nucleus"],
-            in_channels,
-            1,
-            val_size,
-            split_seed,
-            crop_size,
-            pad,
-            crops_per_image,
-            batch_size,
-            eval_batch_size,
-            num_workers,
-            augment,
-            elastic,
-            elastic_grid,
-            elastic_sigma,
-            flips,
-            brightness_contrast,
-            weight_maps,
-            w0,
-            sigma,
-            class_weights,
-            mean,
-            std,
-            predict_dir,
+            data_dir=data_dir,
+            image_dir=image_dir,
+            mask_dir="masks",
+            mask_values={0: 0, 1: 1},
+            class_names=["background", "nucleus"],
+            in_channels=in_channels,
+            foreground_class=1,
+            crops_per_image=crops_per_image,
+            batch_size=batch_size,
+            **kwargs,
         )
         self.overlapping_pixels = 0
-
-    @property
-    def root(self) -> Path:
-        base = resolve_data_dir(self.data_dir)
-        return base / self.folder if (base / self.folder).is_dir() else base
 
     def discover(self) -> list[tuple[str, Any]]:
         folder = self._resolve(self.image_dir)

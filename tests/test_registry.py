@@ -2,7 +2,7 @@ import pytest
 import torch.nn as nn
 
 import zoo
-from zoo.registry import UnknownModelError, register_model
+from zoo.core.registry import UnknownModelError, register_model
 
 
 def test_create_model_passes_keyword_overrides_to_the_builder():

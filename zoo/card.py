@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from zoo.utils.checkpoint import (
+from zoo.core.checkpoint import (
     CheckpointError,
     find_run_config,
     load_zoo_module,
@@ -43,7 +43,7 @@ def input_size_for(module: Any, config: dict[str, Any]) -> tuple[int, ...]:
     data_class = str((config.get("data") or {}).get("class_path", ""))
     sizes = {"MNISTDataModule": 28, "FashionMNISTDataModule": 28, "DigitsDataModule": 8}
     side = next((s for name, s in sizes.items() if data_class.endswith("." + name) or data_class == name), 224)
-    if getattr(module, "model_family", "") == "segmentation" and side == 224:
+    if getattr(module, "family", "") == "segmentation" and side == 224:
         side = 256
     return (1, c, side, side)
 
@@ -59,18 +59,18 @@ def build_card(ckpt: str | Path, config: str | Path | None = None, macs: bool = 
     if config_path is not None and not config_path.is_file():
         raise CheckpointError(f"config {config_path} does not exist. Fix: pass --config with the run's config.yaml.")
     run_config = yaml.safe_load(config_path.read_text()) if config_path else {}
-    hp = {k: v for k, v in info.hyper_parameters.items() if not k.startswith("_")}
-    name_arg = getattr(module, "model_name_arg", "backbone")
+    # the module's hyperparameters: those of an older checkpoint are read under their current names
+    hp = {k: v for k, v in dict(module.hparams).items() if not k.startswith("_")}
     total = sum(p.numel() for p in module.parameters())
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     card: dict[str, Any] = {
         "checkpoint": str(ckpt.resolve()),
         "model": {
             "class_path": info.class_path,
-            "family": getattr(module, "model_family", None),
-            "registry_name": hp.get(name_arg),
+            "family": getattr(module, "family", None),
+            "registry_name": hp.get("network"),
             "network_class": type(getattr(module, "net", module)).__name__,
-            "network_kwargs": hp.get(f"{name_arg}_kwargs"),
+            "network_kwargs": hp.get("network_kwargs"),
             "num_classes": getattr(module, "num_classes", None),
             "in_channels": getattr(module, "in_channels", None),
             "class_names": list(getattr(module, "class_names", []) or []),

@@ -13,22 +13,28 @@ LightningModule and that its weights fit the configured network.
 
 from __future__ import annotations
 
-import importlib
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 import datamodules  # noqa: F401  (registers the datamodules for short class names)
-import zoo.classification  # noqa: F401
-import zoo.detection  # noqa: F401
-import zoo.segmentation  # noqa: F401
-from zoo.registry import get_model_entry
-from zoo.utils.checkpoint import check_checkpoint_class, check_state_dict_compatible, read_checkpoint_info
-from zoo.utils.reliability import FailureGuard, ResumeCheckpoint, install_atomic_checkpoint_io, reuse_run_dir_for_last
+import zoo  # noqa: F401  (imports every family: their LightningModules resolve by class path)
+from zoo.core.checkpoint import (
+    check_checkpoint_class,
+    check_state_dict_compatible,
+    checkpoint_model_class,
+    import_class,
+    read_checkpoint_info,
+)
+from zoo.core.registry import get_model_entry
+from zoo.core.reliability import FailureGuard, ResumeCheckpoint, install_atomic_checkpoint_io, reuse_run_dir_for_last
 
-# Attributes that a datamodule may define and a model may take: linked when both have them.
+# Attributes that a datamodule may define and a model may take: linked when the model's signature takes them
+# (jsonargparse leaves out a link whose target the chosen model class does not have).
 DATA_TO_MODEL_LINKS = ("num_classes", "in_channels", "class_names")
 
 
@@ -42,10 +48,9 @@ class ZooCLI(LightningCLI):
         model = config.get("model") if config is not None else None
         if model is None or not model.get("class_path"):
             return
-        module_name, _, class_name = model["class_path"].rpartition(".")
-        model_class = getattr(importlib.import_module(module_name), class_name, None)
-        family = getattr(model_class, "model_family", None)
-        name = (model.get("init_args") or {}).get(getattr(model_class, "model_name_arg", "backbone"))
+        model_class = import_class(model["class_path"])
+        family = getattr(model_class, "family", None)
+        name = (model.get("init_args") or {}).get("network")  # the registry-name argument of every ZooModule
         if family and isinstance(name, str):
             get_model_entry(name, family)
 
@@ -58,7 +63,7 @@ class ZooCLI(LightningCLI):
         )
         parser.add_argument("--report", type=bool, default=True, help="test: write metrics.json and the report")
         # Always-on callbacks, configurable as --resume_checkpoint.every_n_train_steps / --failure_guard.on_nonfinite
-        # (zoo.utils.reliability): last.ckpt every N steps for --ckpt_path last, NaN / out-of-memory handling.
+        # (zoo.core.reliability): last.ckpt every N steps for --ckpt_path last, NaN / out-of-memory handling.
         parser.add_lightning_class_args(ResumeCheckpoint, "resume_checkpoint")
         parser.add_lightning_class_args(FailureGuard, "failure_guard")
         for attr in DATA_TO_MODEL_LINKS:
@@ -88,22 +93,37 @@ class ZooCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI replaces the config's model with the checkpoint's hyperparameters here; a checkpoint of another
-        # family would then be built and fail later on the data. Check the class against the config first.
+        # family would then be built and fail later on the data. Check the class against the config first, and read
+        # hyperparameters saved under older names (ZooModule.migrate_hyperparameters) under the current ones.
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt_path and ckpt_path not in ("best", "last", "hpc", "registry"):
-            if not Path(ckpt_path).is_file():
-                raise FileNotFoundError(
-                    f"checkpoint {ckpt_path} does not exist. Fix: pass --ckpt_path with a .ckpt file "
-                    "(runs/<name>/version_<n>/checkpoints/)."
-                )
-            model = self.config[subcommand].get("model")
-            expected = model.get("class_path") if model is not None else None
-            if expected:
-                module_name, _, class_name = expected.rpartition(".")
-                expected_class = getattr(importlib.import_module(module_name), class_name)
-                check_checkpoint_class(read_checkpoint_info(ckpt_path), expected_class)
-        super()._parse_ckpt_path()
+        if not ckpt_path or ckpt_path in ("best", "last", "hpc", "registry"):
+            return
+        if not Path(ckpt_path).is_file():
+            raise FileNotFoundError(
+                f"checkpoint {ckpt_path} does not exist. Fix: pass --ckpt_path with a .ckpt file "
+                "(runs/<name>/version_<n>/checkpoints/)."
+            )
+        checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu", mmap=True)
+        found = checkpoint_model_class(checkpoint)
+        model = self.config[subcommand].get("model")
+        expected = model.get("class_path") if model is not None else None
+        if expected:
+            check_checkpoint_class(found, import_class(expected), ckpt_path)
+        hparams = dict(checkpoint.get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        model_class = import_class(hparams.get("_class_path") or found or expected)
+        class_key = hparams.pop("_class_path", None) or found
+        if hasattr(model_class, "migrate_hyperparameters"):
+            hparams = model_class.migrate_hyperparameters(hparams)
+        update = {"class_path": class_key, "dict_kwargs": hparams} if class_key else hparams
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": update}}, self.config)
+        except SystemExit:
+            sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
+            raise
 
     def before_test(self) -> None:
         # Weights that do not fit the built network (an older, incompatible checkpoint): name the keys and the

@@ -48,7 +48,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from zoo.utils.checkpoint import CheckpointError, class_path, find_run_config, load_zoo_module, software_versions
+from zoo.core.checkpoint import CheckpointError, class_path, find_run_config, load_zoo_module, software_versions
 
 FORMATS = ("onnx", "torchscript")
 ONNX_OPSET = 18
@@ -99,7 +99,7 @@ class _DetectionsONNX(nn.Module):
 
 
 def model_family(module: nn.Module) -> str:
-    family = getattr(module, "model_family", None)
+    family = getattr(module, "family", None)
     if family not in TOLERANCE:
         raise ExportError(
             f"{class_path(type(module))} (family {family!r}) has no export rule yet; exportable families: "
@@ -112,7 +112,7 @@ def load_datamodule(config_path: Path, data_overrides: dict[str, Any] | None = N
     """The datamodule of a run's saved config (``data.class_path`` / ``init_args``), set up for ``test``."""
     import yaml
 
-    from zoo.utils.checkpoint import import_class
+    from zoo.core.checkpoint import import_class
 
     config = yaml.safe_load(config_path.read_text()) or {}
     data = config.get("data") or {}
@@ -381,7 +381,7 @@ def export_module(
         "format": fmt,
         "file": str(output),
         "model": class_path(type(module)),
-        "network": str(module.hparams.get(getattr(module, "model_name_arg", "backbone"), "")),
+        "network": str(module.hparams.get("network", "")),
         "family": family,
         "input": {"name": "image", "shape": ["batch", *example.shape[1:]], "dtype": "float32", **(extra_spec or {})},
         "versions": software_versions(),

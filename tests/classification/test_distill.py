@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from datamodules import DigitsDataModule, MNISTDataModule
 from zoo.classification import DistillationClassifier, ImageClassifier
 from zoo.classification.distill import distillation_loss, write_teacher_logits
-from zoo.classification.distill import main as write_logits_cli
+from zoo.classification.distill.__main__ import main as write_logits_cli
 from zoo.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,7 +41,7 @@ def agreement(trainer: pl.Trainer, model: pl.LightningModule, datamodule) -> flo
 def mnist_teacher(tmp_path_factory, data_root) -> Path:
     """A convnet trained for 60 steps on real MNIST (about 95% accurate), as a zoo checkpoint."""
     pl.seed_everything(0)
-    teacher = ImageClassifier(backbone="convnet", optimizer=SGD, lr_scheduler=ONE_CYCLE)
+    teacher = ImageClassifier(network="convnet", optimizer=SGD, lr_scheduler=ONE_CYCLE)
     trainer = pl.Trainer(max_steps=60, limit_val_batches=0, **QUIET)
     trainer.fit(teacher, MNISTDataModule(data_dir=str(data_root), download=False))
     path = tmp_path_factory.mktemp("teacher") / "teacher.ckpt"
@@ -72,7 +72,7 @@ def test_distillation_on_real_mnist_lowers_the_loss_and_raises_the_agreement_wit
         "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
     ], run=False)
     student = cli.model
-    assert isinstance(student, DistillationClassifier) and student.hparams.backbone_kwargs == {"width": 4}
+    assert isinstance(student, DistillationClassifier) and student.hparams.network_kwargs == {"width": 4}
     before = agreement(cli.trainer, student, cli.datamodule)
     recorder = LossRecorder()
     cli.trainer.callbacks.append(recorder)
@@ -103,7 +103,7 @@ def test_black_box_distillation_from_a_logits_file(mnist_teacher, data_root, tmp
 
     pl.seed_everything(0)
     student = DistillationClassifier(
-        backbone="convnet", backbone_kwargs={"width": 4}, teacher_logits=str(logits_file),
+        network="convnet", network_kwargs={"width": 4}, teacher_logits=str(logits_file),
         optimizer=SGD, lr_scheduler=ONE_CYCLE,
     )
     assert student.teacher is None  # no teacher network: only its outputs
@@ -124,7 +124,7 @@ def test_black_box_distillation_from_a_logits_file(mnist_teacher, data_root, tmp
 
 @pytest.fixture()
 def digits_teacher(tmp_path) -> Path:
-    teacher = ImageClassifier(backbone="convnet", backbone_kwargs={"width": 8})
+    teacher = ImageClassifier(network="convnet", network_kwargs={"width": 8})
     trainer = pl.Trainer(max_steps=2, limit_val_batches=0, **QUIET)
     trainer.fit(teacher, DigitsDataModule())
     trainer.save_checkpoint(tmp_path / "teacher.ckpt")

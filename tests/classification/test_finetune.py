@@ -17,7 +17,6 @@ from datamodules import DigitsDataModule
 from zoo.classification import ImageClassifier
 from zoo.classification.finetune import (
     FreezeUnfreeze,
-    PretrainedWeightsError,
     find_head,
     head_modules,
     load_pretrained,
@@ -26,7 +25,8 @@ from zoo.classification.finetune import (
     stages,
 )
 from zoo.cli import main
-from zoo.registry import create_model
+from zoo.core.registry import create_model
+from zoo.core.weights import PretrainedWeightsError
 
 ROOT = Path(__file__).resolve().parents[2]
 QUIET = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
@@ -57,7 +57,7 @@ def test_torchvision_resnet18_state_dict_loads_all_but_the_head_for_other_num_cl
 
     # the same through the LightningModule's `pretrained` argument
     model = ImageClassifier(
-        backbone="resnet18", num_classes=10, in_channels=3, pretrained=str(tmp_path / "resnet18.pth")
+        network="resnet18", num_classes=10, in_channels=3, pretrained=str(tmp_path / "resnet18.pth")
     )
     torch.testing.assert_close(model.net.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
     assert model.pretrained_report.skipped_head == report.skipped_head
@@ -88,7 +88,7 @@ def _wrap(kind: str, model: ImageClassifier) -> object:
 
 @pytest.mark.parametrize("kind", ["plain", "state_dict", "model", "zoo_module_state", "data_parallel"])
 def test_every_weight_file_layout_loads(kind, tmp_path):
-    source = ImageClassifier(backbone="convnet", num_classes=10)
+    source = ImageClassifier(network="convnet", num_classes=10)
     torch.save(_wrap(kind, source), tmp_path / "weights.pt")
     target = create_model("convnet", num_classes=10, in_channels=1)
     report = load_pretrained(target, tmp_path / "weights.pt")
@@ -98,12 +98,12 @@ def test_every_weight_file_layout_loads(kind, tmp_path):
 
 
 def test_a_zoo_lightning_checkpoint_loads_into_a_network_with_other_num_classes(tmp_path):
-    source = ImageClassifier(backbone="convnet", num_classes=10)
+    source = ImageClassifier(network="convnet", num_classes=10)
     trainer = quick_trainer(max_steps=1)
     trainer.fit(source, DigitsDataModule())
     trainer.save_checkpoint(tmp_path / "digits.ckpt")
 
-    model = ImageClassifier(backbone="convnet", num_classes=4, pretrained=str(tmp_path / "digits.ckpt"))
+    model = ImageClassifier(network="convnet", num_classes=4, pretrained=str(tmp_path / "digits.ckpt"))
     assert sorted(model.pretrained_report.skipped_head) == ["classifier.2.bias", "classifier.2.weight"]
     assert torch.equal(model.net.features[4].weight, source.net.features[4].weight)
     assert model.net.classifier[2].out_features == 4
@@ -198,7 +198,7 @@ def test_small_input_keeps_the_stage_count():
 
 def test_freeze_depth_beyond_the_stages_is_an_error_naming_the_stage_count():
     with pytest.raises(ValueError, match=r"freeze_stages=5, but CifarResNet has 4 stages \(1: conv1\+bn1"):
-        ImageClassifier(backbone="resnet20", freeze_stages=5)
+        ImageClassifier(network="resnet20", freeze_stages=5)
     assert resolve_freeze_depth(create_model("resnet20"), -1) == 4
     with pytest.raises(ValueError, match="freeze_stages must be -1"):
         FreezeUnfreeze(freeze_stages=-2)
@@ -231,7 +231,7 @@ class Recorder(pl.Callback):
 def test_frozen_stages_stay_unchanged_until_the_unfreeze_epoch_then_train_at_a_lower_lr():
     pl.seed_everything(0)
     model = ImageClassifier(
-        backbone="convnet", freeze_stages=2, unfreeze_at_epoch=1, unfreeze_lr_factor=0.1,
+        network="convnet", freeze_stages=2, unfreeze_at_epoch=1, unfreeze_lr_factor=0.1,
         optimizer=functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9),
         lr_scheduler=functools.partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.05),
     )
@@ -263,7 +263,7 @@ def test_frozen_stages_stay_unchanged_until_the_unfreeze_epoch_then_train_at_a_l
 def test_resuming_after_the_unfreeze_epoch_keeps_the_stages_training(tmp_path):
     def make() -> ImageClassifier:
         return ImageClassifier(
-            backbone="convnet", freeze_stages=2, unfreeze_at_epoch=1,
+            network="convnet", freeze_stages=2, unfreeze_at_epoch=1,
             optimizer=functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9),
             lr_scheduler=functools.partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5),
         )
@@ -284,7 +284,7 @@ def test_resuming_after_the_unfreeze_epoch_keeps_the_stages_training(tmp_path):
 
 def test_fine_tuned_checkpoint_reloads_in_a_fresh_process_without_the_pretrained_file(tmp_path):
     source = tmp_path / "source.pt"
-    torch.save(ImageClassifier(backbone="convnet", num_classes=7).state_dict(), source)  # other classes
+    torch.save(ImageClassifier(network="convnet", num_classes=7).state_dict(), source)  # other classes
     cli = main([
         "fit", "--config", str(ROOT / "configs/classification/digits.yaml"),
         f"--model.init_args.pretrained={source}", "--model.init_args.freeze_stages=-1",
@@ -319,8 +319,8 @@ def test_fine_tuned_checkpoint_reloads_in_a_fresh_process_without_the_pretrained
 
 def test_a_python_built_fine_tuned_module_reloads_without_the_pretrained_file(tmp_path):
     source = tmp_path / "source.pt"
-    torch.save(ImageClassifier(backbone="resnet20", num_classes=7).state_dict(), source)
-    model = ImageClassifier(backbone="resnet20", num_classes=10, pretrained=str(source), freeze_stages=2)
+    torch.save(ImageClassifier(network="resnet20", num_classes=7).state_dict(), source)
+    model = ImageClassifier(network="resnet20", num_classes=10, pretrained=str(source), freeze_stages=2)
     trainer = quick_trainer(max_steps=2)
     trainer.fit(model, DigitsDataModule())
     trainer.save_checkpoint(tmp_path / "finetuned.ckpt")
@@ -333,7 +333,7 @@ def test_a_python_built_fine_tuned_module_reloads_without_the_pretrained_file(tm
 
 
 def test_fashion_finetune_config_fine_tunes_an_mnist_network(fashion_root, tmp_path):
-    mnist = ImageClassifier(backbone="convnet", backbone_kwargs={"width": 16})
+    mnist = ImageClassifier(network="convnet", network_kwargs={"width": 16})
     torch.save(mnist.state_dict(), tmp_path / "mnist.pt")
     cli = main([
         "fit", "--config", str(ROOT / "configs/classification/fashion_mnist_finetune.yaml"),

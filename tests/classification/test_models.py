@@ -27,7 +27,7 @@ from zoo.classification.models.resnet import (
     residual_blocks,
     set_stochastic_depth,
 )
-from zoo.registry import UnknownModelError, create_model, get_model_entry, list_models
+from zoo.core.registry import UnknownModelError, create_model, get_model_entry, list_models
 
 CLASSIFIERS = list_models(family="classification")
 NUM_CLASSES = 7

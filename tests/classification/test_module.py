@@ -15,7 +15,7 @@ import yaml
 from datamodules import DigitsDataModule, MNISTDataModule
 from zoo.classification import ImageClassifier
 from zoo.cli import main
-from zoo.registry import UnknownModelError
+from zoo.core.registry import UnknownModelError
 
 ROOT = Path(__file__).resolve().parents[2]
 MNIST_CONFIG = str(ROOT / "configs/classification/mnist.yaml")
@@ -68,14 +68,17 @@ def trained_checkpoint(tmp_path_factory, data_root) -> Path:
 def test_cli_test_from_checkpoint_reports_metrics_and_a_confusion_matrix(trained_checkpoint, data_root, tmp_path):
     cli = main(
         ["test", "--config", MNIST_CONFIG, f"--data.init_args.data_dir={data_root}",
-         f"--ckpt_path={trained_checkpoint}", f"--trainer.logger.init_args.save_dir={tmp_path}", *QUICK],
+         f"--ckpt_path={trained_checkpoint}", f"--trainer.logger.init_args.save_dir={tmp_path}",
+         f"--report_dir={tmp_path / 'report'}", *QUICK],
     )
     metrics = cli.trainer.callback_metrics
     assert 0.5 < float(metrics["test/acc"]) <= 1.0  # 40 steps of training already beat chance (0.1) by far
     assert float(metrics["test/acc_top5"]) >= float(metrics["test/acc"])
     assert "test/acc_class/7" in metrics
-    png = Path(cli.trainer.log_dir) / "confusion_matrix.png"
+    # the figure is the evaluation report's (zoo.evaluation); the LightningModule only logs metrics
+    png = tmp_path / "report" / "confusion_matrix.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (Path(cli.trainer.log_dir) / "confusion_matrix.png").exists()
 
 
 def test_load_from_checkpoint_in_a_fresh_process_gives_the_same_predictions(trained_checkpoint, data_root, tmp_path):
@@ -122,9 +125,9 @@ def test_digits_config_trains_offline_to_high_accuracy():
     assert float(cli.trainer.callback_metrics["val/acc"]) > 0.9
 
 
-def test_cli_unknown_backbone_lists_close_names():
+def test_cli_unknown_network_lists_close_names():
     with pytest.raises(UnknownModelError, match=r"'lenet_5'.*Did you mean: lenet5"):
-        main(["--config", MNIST_CONFIG, "--model.init_args.backbone=lenet_5"], run=False)
+        main(["--config", MNIST_CONFIG, "--model.init_args.network=lenet_5"], run=False)
 
 
 def test_wrong_num_classes_or_in_channels_for_the_data_is_named(data_root):
@@ -183,7 +186,7 @@ def test_any_torch_optimizer_and_scheduler_from_the_command_line(optimizer, sche
 
 def test_checkpoint_hparams_are_plain_data(trained_checkpoint):
     hparams = torch.load(trained_checkpoint, map_location="cpu", weights_only=False)["hyper_parameters"]
-    assert hparams["backbone"] == "convnet"
+    assert hparams["network"] == "convnet"
     json.dumps({k: v for k, v in hparams.items() if not k.startswith("_")}, default=str)
 
 
@@ -201,7 +204,7 @@ def test_validate_and_predict_subcommands_run_from_a_checkpoint(trained_checkpoi
 
 def test_googlenet_aux_losses_are_weighted_in_training_only():
     torch.manual_seed(0)
-    model = ImageClassifier(backbone="googlenet", num_classes=10, in_channels=3, aux_loss_weight=0.3)
+    model = ImageClassifier(network="googlenet", num_classes=10, in_channels=3, aux_loss_weight=0.3)
     images, labels = torch.randn(2, 3, 64, 64), torch.tensor([1, 2])
     model.train()
     output = model.net(images)
@@ -237,7 +240,7 @@ def test_checkpoint_of_a_module_built_in_python_loads_with_weights_only(tmp_path
 def test_validate_before_fit_leaves_the_evaluation_metrics_usable_in_fit():
     # trainer.validate resets metrics under inference mode; fit's validation must still update them.
     dm = DigitsDataModule(batch_size=64)
-    model = ImageClassifier(backbone="convnet", num_classes=10, in_channels=1)
+    model = ImageClassifier(network="convnet", num_classes=10, in_channels=1)
     trainer = pl.Trainer(
         max_epochs=1, limit_train_batches=2, limit_val_batches=2, num_sanity_val_steps=0, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

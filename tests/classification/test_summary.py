@@ -6,7 +6,7 @@ import pytest
 import torch.nn as nn
 
 from zoo.classification.summary import main, summarize
-from zoo.registry import create_model
+from zoo.core.registry import create_model
 
 
 @pytest.mark.parametrize(

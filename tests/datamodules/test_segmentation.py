@@ -1,18 +1,26 @@
 """Segmentation datamodules: layouts, deterministic split, aligned augmentation on the training split
 only, and clear errors for bad input."""
 
+import inspect
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from jsonargparse import ArgumentParser
 from PIL import Image
 
+import zoo.segmentation
 from datamodules import DSB2018DataModule, ISBI2012DataModule, SegmentationFolderDataModule
 from datamodules.segmentation import SegmentationDataError
 from datamodules.transforms import CoarseGridElastic, seed_transform, segmentation_train_transform
+from datamodules.weight_maps import WeightMapCache, unet_weight_map
 from zoo.segmentation import SemanticSegmenter
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _write(path: Path, array: np.ndarray) -> None:
@@ -80,6 +88,33 @@ def test_real_dsb_layout_is_found(dsb_root):
     name, source = entries[0]
     sample = dm.load(name, source)
     assert sample.image.shape[2] == 3 and sample.instances.max() == len(source[1])
+
+
+def test_datamodules_import_nothing_of_zoo_and_share_the_weight_map_with_the_loss():
+    code = (
+        "import sys, datamodules, datamodules.weight_maps; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'zoo'))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
+    # one implementation: the public API of the segmentation family re-exports it
+    assert zoo.segmentation.unet_weight_map is unet_weight_map
+    assert zoo.segmentation.WeightMapCache is WeightMapCache
+
+
+@pytest.mark.parametrize(
+    ("cls", "fixed"),
+    [(ISBI2012DataModule, {"in_channels", "foreground_class"}),
+     (DSB2018DataModule, {"mask_dir", "mask_values", "class_names", "foreground_class"})],
+)
+def test_layout_datamodules_take_every_argument_of_the_folder_datamodule(cls, fixed, tmp_path):
+    # the layouts forward **kwargs by keyword: jsonargparse (train.py) still lists every argument
+    parser = ArgumentParser()
+    parser.add_class_arguments(cls, "data")
+    listed = set(parser.get_defaults().data.keys())
+    assert listed == set(inspect.signature(SegmentationFolderDataModule).parameters) - fixed
+    dm = cls(data_dir=str(tmp_path), weight_maps=True, w0=3.0, eval_batch_size=2, predict_dir="x")
+    assert (dm.weight_maps, dm.w0, dm.eval_batch_size, dm.predict_dir) == (True, 3.0, 2, "x")
 
 
 # -- augmentation ----------------------------------------------------------------------------------

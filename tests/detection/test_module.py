@@ -1,4 +1,5 @@
-"""ObjectDetector: learning on real nuclei, `test` from a checkpoint, `predict` output, registry."""
+"""ObjectDetector: learning on real nuclei, `test` from a checkpoint, `predict` output, registry, weight files
+(torchvision, zoo classifier checkpoints, whole detectors, safetensors) and the checkpoint identity."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 from zoo import list_models
 from zoo.cli import main
+from zoo.core.checkpoint import CheckpointError
 from zoo.detection import ObjectDetector
 from zoo.detection.models import load_backbone_weights
 
@@ -25,7 +27,7 @@ DETECTION_MODELS = [
 
 
 def test_registry_lists_every_detection_model() -> None:
-    import zoo.detection.models  # noqa: F401  (until zoo.registry imports the family itself)
+    import zoo.detection.models  # noqa: F401  (until zoo.core.registry imports the family itself)
 
     assert list_models(family="detection") == DETECTION_MODELS
 
@@ -82,7 +84,10 @@ def test_test_from_checkpoint_prints_coco_table_and_predict_writes_valid_results
     main(["test", *args, "--ckpt_path", str(ckpt)])
     out = capsys.readouterr().out
     assert "Average Precision  @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]" in out and "AP@.5" in out
-    assert (tmp_path / "run" / "confusion_matrix.png").is_file() and (tmp_path / "run" / "pr_curves.png").is_file()
+    # the module logs metrics; the figures are the evaluation report's (beside the checkpoint), written once
+    assert not list((tmp_path / "run").glob("*.png"))
+    report = ckpt.parent / f"report_{ckpt.stem}_COCODetectionDataModule"
+    assert (report / "confusion_matrix.png").is_file() and (report / "pr_curves.png").is_file()
 
     out_dir = tmp_path / "run" / "predictions"  # default: <log dir>/predictions
     main(["predict", *args, "--ckpt_path", str(ckpt)])
@@ -146,3 +151,81 @@ def test_whole_detector_weights_load_except_class_layers_of_another_size(tmp_pat
     assert torch.equal(target.rpn.head.conv[0][0].weight, source.rpn.head.conv[0][0].weight)
     assert torch.equal(target.roi_heads.box_head.fc6.weight, source.roi_heads.box_head.fc6.weight)
     assert target.roi_heads.box_predictor.cls_score.out_features == 6  # fresh: 5 classes + background
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_whole_detector_weights_file_formats_and_the_report_of_class_layers_left_fresh(
+    tmp_path: Path, suffix: str
+) -> None:
+    from safetensors.torch import save_file
+
+    from zoo.detection.models import load_detector_weights
+
+    torch.manual_seed(0)
+    source = ObjectDetector("ssdlite320_mobilenet_v3_large", num_classes=2, image_size=64).net
+    path = tmp_path / f"detector{suffix}"
+    state = {k: v.contiguous() for k, v in source.state_dict().items()}
+    if suffix == ".safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    target = ObjectDetector("ssdlite320_mobilenet_v3_large", num_classes=4, image_size=64).net
+    report = load_detector_weights(target, str(path))
+    before, after = source.state_dict(), target.state_dict()
+    reshaped = {k for k in after if before[k].shape != after[k].shape}
+    assert reshaped and set(report.skipped_head) == reshaped  # the class layers of another size: left fresh, listed
+    assert all(k.startswith("head.classification_head.") for k in reshaped)
+    kept = [k for k in after if k not in reshaped and not k.endswith("num_batches_tracked")]
+    assert all(torch.equal(after[k], before[k]) for k in kept)
+
+
+def test_backbone_initialised_from_safetensors_file(tmp_path: Path) -> None:
+    import torchvision
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    source = torchvision.models.mobilenet_v3_large(weights=None)
+    path = tmp_path / "mobilenet_v3_large.safetensors"
+    save_file(source.state_dict(), str(path))
+    model = ObjectDetector("fasterrcnn_mobilenet_v3_large_320_fpn", num_classes=2, backbone_weights=str(path))
+    assert torch.equal(model.net.backbone.body["0"][0].weight, source.features[0][0].weight)
+
+
+def _save_plain_python_checkpoint(model: pl.LightningModule, path: Path) -> None:
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, max_epochs=0)  # fmt: skip
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(path)
+
+
+def test_plain_python_checkpoint_names_the_detector_and_is_refused_as_a_segmenter(tmp_path: Path) -> None:
+    from zoo.segmentation import SemanticSegmenter
+
+    model = ObjectDetector("ssdlite320_mobilenet_v3_large", num_classes=2, image_size=64)
+    path = tmp_path / "detector.ckpt"
+    _save_plain_python_checkpoint(model, path)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    assert checkpoint["zoo"]["class_path"] == "zoo.detection.ObjectDetector"
+    with pytest.raises(CheckpointError, match=r"zoo\.detection\.ObjectDetector.*SemanticSegmenter"):
+        SemanticSegmenter.load_from_checkpoint(path)
+    assert isinstance(ObjectDetector.load_from_checkpoint(path), ObjectDetector)
+
+
+def test_checkpoint_reloads_after_its_weight_files_are_deleted(tmp_path: Path) -> None:
+    import torchvision
+
+    torch.manual_seed(0)
+    backbone = tmp_path / "mobilenet_v3_large.pth"
+    torch.save(torchvision.models.mobilenet_v3_large(weights=None).state_dict(), backbone)
+    detector = tmp_path / "detector.pth"
+    torch.save(ObjectDetector("fasterrcnn_mobilenet_v3_large_320_fpn", num_classes=2).net.state_dict(), detector)
+    model = ObjectDetector("fasterrcnn_mobilenet_v3_large_320_fpn", num_classes=2, backbone_weights=str(backbone),
+                           weights=str(detector))  # fmt: skip
+    path = tmp_path / "trained.ckpt"
+    _save_plain_python_checkpoint(model, path)
+    backbone.unlink()
+    detector.unlink()
+    restored = ObjectDetector.load_from_checkpoint(path)
+    assert restored.hparams.weights == str(detector) and restored.hparams.backbone_weights == str(backbone)
+    for key, value in model.state_dict().items():
+        assert torch.equal(restored.state_dict()[key], value), key

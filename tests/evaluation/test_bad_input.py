@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from zoo.cli import main
+from zoo.core.checkpoint import CheckpointError
 from zoo.evaluation import ReportDirError
 from zoo.export import export_checkpoint
-from zoo.utils.checkpoint import CheckpointError
 
 
 def test_checkpoint_of_another_family_names_expected_and_found_classes(mnist_run, isbi_run):

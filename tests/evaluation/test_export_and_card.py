@@ -11,9 +11,9 @@ from zoo import create_model
 from zoo.card import build_card
 from zoo.card import main as card_main
 from zoo.classification import ImageClassifier
+from zoo.core.checkpoint import load_zoo_module
 from zoo.detection import ObjectDetector
 from zoo.export import detection_difference, export_checkpoint, export_module
-from zoo.utils.checkpoint import load_zoo_module
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])

@@ -15,17 +15,17 @@ pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log")
 
 
 def test_the_fully_connected_autoencoder_is_input_256_128_latent_and_back():
-    model = AutoEncoder(arch="mlp", latent_dim=12)
+    model = AutoEncoder(network="autoencoder_mlp", latent_dim=12)
     enc = [(m.in_features, m.out_features) for m in model.encoder.modules() if isinstance(m, nn.Linear)]
     dec = [(m.in_features, m.out_features) for m in model.decoder.modules() if isinstance(m, nn.Linear)]
     assert enc == [(784, 256), (256, 128), (128, 12)]
     assert dec == [(12, 128), (128, 256), (256, 784)]
 
 
-@pytest.mark.parametrize("arch", ["mlp", "conv"])
+@pytest.mark.parametrize("network", ["autoencoder_mlp", "autoencoder_conv"])
 @pytest.mark.parametrize("latent_dim", [2, 20])
-def test_encode_and_decode_shapes_follow_the_latent_size(arch, latent_dim):
-    model = AutoEncoder(arch=arch, latent_dim=latent_dim)
+def test_encode_and_decode_shapes_follow_the_latent_size(network, latent_dim):
+    model = AutoEncoder(network=network, latent_dim=latent_dim)
     images = torch.rand(3, 1, 28, 28)
     z = model.encode(images)
     assert z.shape == (3, latent_dim)
@@ -36,7 +36,7 @@ def test_encode_and_decode_shapes_follow_the_latent_size(arch, latent_dim):
 
 def test_a_convolutional_autoencoder_rejects_sizes_it_cannot_halve_twice():
     with pytest.raises(ValueError, match="multiple of 4"):
-        AutoEncoder(arch="conv", image_size=30)
+        AutoEncoder(network="autoencoder_conv", image_size=30)
 
 
 @pytest.mark.parametrize("noise", ["gaussian", "mask"])
@@ -69,7 +69,7 @@ def fitted_anomaly_autoencoder(data_root):
         data_dir=str(data_root), download=False, normalization="unit", augment=False, anomaly_class=1,
         train_subset=3000, val_size=1000, batch_size=64, eval_batch_size=500,
     )
-    model = AutoEncoder(arch="conv", latent_dim=16)
+    model = AutoEncoder(network="autoencoder_conv", latent_dim=16)
     trainer = pl.Trainer(
         accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0,

@@ -43,8 +43,8 @@ def test_each_step_updates_only_its_own_network(model_class, tiny_images, make_t
     trainer.fit(model, tiny_images(symmetric=True))
 
     assert [r[0] for r in records] == ["discriminator", "generator"] * 2  # alternating, D first
-    generator_params = {f"generator.{n}" for n, _ in model.generator.named_parameters()}
-    discriminator_params = {f"discriminator.{n}" for n, _ in model.discriminator.named_parameters()}
+    generator_params = {f"net.generator.{n}" for n, _ in model.generator.named_parameters()}
+    discriminator_params = {f"net.discriminator.{n}" for n, _ in model.discriminator.named_parameters()}
     for step_name, updated, with_grad in records:
         own, other = (discriminator_params, generator_params) if step_name == "discriminator" else (
             generator_params, discriminator_params)

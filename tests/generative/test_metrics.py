@@ -63,7 +63,7 @@ def test_fid_of_gaussians_with_equal_covariance_is_the_squared_mean_distance():
 
 def test_fid_with_classifier_features_agrees_with_torchmetrics_using_the_same_extractor():
     torch.manual_seed(0)
-    extractor = ClassifierFeatures(ImageClassifier(backbone="lenet5"))
+    extractor = ClassifierFeatures(ImageClassifier(network="lenet5"))
     assert extractor.layer_name == "classifier.3" and extractor.num_features == 84
     real, fake = torch.rand(200, 1, 28, 28), torch.rand(200, 1, 28, 28).pow(2)
     ours = float(fid(real, fake, extractor))

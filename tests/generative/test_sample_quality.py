@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -15,7 +20,7 @@ def test_validation_end_logs_fid_and_one_nn_accuracy_then_a_checkpoint_reproduce
     tiny_images, make_trainer, tmp_path
 ):
     torch.manual_seed(0)
-    extractor = ClassifierFeatures(ImageClassifier(backbone="lenet5"))
+    extractor = ClassifierFeatures(ImageClassifier(network="lenet5"))
     model = VAE(latent_dim=4, metric_samples=100)
     model.set_feature_extractor(extractor)
     trainer = make_trainer(max_epochs=1, limit_train_batches=2, default_root_dir=str(tmp_path))
@@ -56,7 +61,7 @@ def test_inception_features_need_a_local_weights_file(tmp_path):
 
 
 def test_classifier_features_are_the_penultimate_layer_of_a_saved_classifier(tiny_images, make_trainer, tmp_path):
-    classifier = ImageClassifier(backbone="convnet")
+    classifier = ImageClassifier(network="convnet")
     trainer = make_trainer(max_steps=1, limit_val_batches=0)
     trainer.fit(classifier, tiny_images())
     path = tmp_path / "classifier.ckpt"
@@ -69,3 +74,22 @@ def test_classifier_features_are_the_penultimate_layer_of_a_saved_classifier(tin
     with torch.no_grad():
         expected = net.classifier[:2](net.pool(net.features((images - 0.1307) / 0.3081)))
     torch.testing.assert_close(out, expected)
+
+
+def test_the_feature_classifier_training_script_stays_out_of_the_library():
+    import zoo.generative.features as features
+
+    imported = {
+        node.module if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(ast.parse(Path(features.__file__).read_text()))
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    }
+    assert not any(str(m).startswith("datamodules") for m in imported)
+    root = Path(__file__).resolve().parents[2]
+    check = "import sys, zoo, zoo.generative; print('zoo.generative.features.__main__' in sys.modules)"
+    loaded = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True, cwd=root)
+    assert loaded.stdout.strip() == "False"  # import zoo / zoo.generative leave the training script out
+    run = subprocess.run([sys.executable, "-m", "zoo.generative.features", "--help"], capture_output=True, text=True,
+                         check=True, cwd=root)  # fmt: skip
+    assert "usage: python -m zoo.generative.features" in run.stdout and "--out" in run.stdout

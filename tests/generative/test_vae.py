@@ -45,9 +45,9 @@ def test_loss_is_reconstruction_plus_beta_times_kl(beta):
     torch.testing.assert_close(loss, recon + beta * kl_divergence(mu, logvar).mean())
 
 
-@pytest.mark.parametrize("arch", ["mlp", "conv"])
-def test_prior_samples_are_images_in_range(arch):
-    model = VAE(arch=arch, latent_dim=6)
+@pytest.mark.parametrize("network", ["vae_mlp", "vae_conv"])
+def test_prior_samples_are_images_in_range(network):
+    model = VAE(network=network, latent_dim=6)
     samples = model.sample(5)
     assert samples.shape == (5, 1, 28, 28) and float(samples.min()) >= 0 and float(samples.max()) <= 1
     assert model.encode(torch.rand(3, 1, 28, 28))[0].shape == (3, 6)

@@ -38,7 +38,7 @@ def mnist(data_root: Path) -> MNISTDataModule:
 def trained_ckpt(mnist: MNISTDataModule, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Trains the zoo's convnet (width 8) for 400 steps of 64 real MNIST digits (~96% test accuracy, ~12 s of CPU)."""
     pl.seed_everything(0, verbose=False)
-    model = ImageClassifier(backbone="convnet", backbone_kwargs={"width": 8},
+    model = ImageClassifier(network="convnet", network_kwargs={"width": 8},
                             optimizer=lambda p: torch.optim.Adam(p, lr=3e-3))
     trainer = pl.Trainer(max_steps=400, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, limit_val_batches=0, accelerator="cpu", devices=1)

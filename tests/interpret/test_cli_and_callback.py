@@ -66,7 +66,7 @@ def test_callback_logs_a_grid_per_method_for_fixed_validation_images(tmp_path):
     torch.manual_seed(0)
     data = TensorDataset(torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,)))
     callback = InterpretationCallback(methods=("grad_cam", "saliency"), num_images=4, every_n_epochs=2)
-    model = ImageClassifier(backbone="convnet", backbone_kwargs={"width": 4})
+    model = ImageClassifier(network="convnet", network_kwargs={"width": 4})
     trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, callbacks=[callback], default_root_dir=tmp_path,
                          accelerator="cpu", devices=1)

@@ -67,7 +67,7 @@ def classification(data_dir: Path) -> tuple[pl.LightningModule, pl.LightningData
 
     dm = OddMNIST(data_dir=str(data_dir), download=False, val_size=1001, eval_batch_size=250, return_indices=True,
                   train_subset=100)
-    model = ImageClassifier("convnet", num_classes=10, in_channels=1, backbone_kwargs={"width": 4})
+    model = ImageClassifier("convnet", num_classes=10, in_channels=1, network_kwargs={"width": 4})
     return model, dm, lambda batch: [int(i) for i in batch[2]]
 
 
@@ -152,7 +152,7 @@ def generation(data_dir: Path) -> tuple[pl.LightningModule, pl.LightningDataModu
 
     dm = SmallMNIST(data_dir=str(data_dir), download=False, val_size=101, eval_batch_size=16, return_indices=True,
                     normalization="unit", augment=False, train_subset=200)
-    model = VAE("mlp", latent_dim=4, hidden_dims=[64, 32], metric_samples=91)
+    model = VAE(network="vae_mlp", latent_dim=4, hidden_dims=[64, 32], metric_samples=91)
     model.set_feature_extractor(ClassifierFeatures(ImageClassifier("lenet5", num_classes=10, in_channels=1)))
     # A few plain-PyTorch steps (the same on every rank: same seed, same data, one thread), so that the
     # samples are not uniform gray: the 1-NN accuracy is then below 1 and depends on which samples are scored.

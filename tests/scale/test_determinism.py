@@ -38,7 +38,7 @@ def test_two_seeded_deterministic_classification_runs_give_identical_weights(dat
         "--data.init_args.data_dir", str(data_root), "--data.init_args.download", "false",
         "--data.init_args.train_subset", "320", "--data.init_args.val_size", "200",
         "--data.init_args.batch_size", "32", "--data.init_args.eval_batch_size", "200",
-        "--model.init_args.backbone_kwargs.width", "4",
+        "--model.init_args.network_kwargs.width", "4",
     ]  # fmt: skip
     first, second = fit_weights(args), fit_weights(args)
     assert_same_weights(first, second)

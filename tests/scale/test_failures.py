@@ -1,4 +1,4 @@
-"""Failure handling (zoo.utils.reliability.FailureGuard): a NaN loss stops training with the step, the batch
+"""Failure handling (zoo.core.reliability.FailureGuard): a NaN loss stops training with the step, the batch
 indices and the last good checkpoint named, or skips the batch when asked (counted); out-of-memory gets a
 note with the batch size to try."""
 
@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from datamodules.distributed import make_dataloader
-from zoo.utils.reliability import FailureGuard, NonFiniteLossError, ResumeCheckpoint
+from zoo.core.reliability import FailureGuard, NonFiniteLossError, ResumeCheckpoint
 
 POISONED = 37  # the sample whose features are NaN
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from zoo.utils.reliability import AtomicCheckpointIO, atomic_torch_save, reuse_run_dir_for_last
+from zoo.core.reliability import AtomicCheckpointIO, atomic_torch_save, reuse_run_dir_for_last
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -37,7 +37,7 @@ def fit_command(data_root: Path, run_root: Path, *extra: str) -> list[str]:
         "--data.init_args.data_dir", str(data_root), "--data.init_args.download", "false",
         "--data.init_args.train_subset", "640", "--data.init_args.val_size", "500",
         "--data.init_args.batch_size", "32", "--data.init_args.eval_batch_size", "500",
-        "--model.init_args.backbone_kwargs.width", "4",
+        "--model.init_args.network_kwargs.width", "4",
         "--resume_checkpoint.every_n_train_steps", "3",
         *extra,
     ]  # fmt: skip

@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from datamodules import ISBI2012DataModule, SegmentationFolderDataModule
 from zoo.cli import main
-from zoo.registry import UnknownModelError
+from zoo.core.registry import UnknownModelError
 from zoo.segmentation import SemanticSegmenter
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -161,3 +161,35 @@ def test_cli_names_close_networks_for_an_unknown_one():
     config = str(ROOT / "configs" / "segmentation" / "dsb2018_smp_unet.yaml")
     with pytest.raises(UnknownModelError, match="smp_unet"):
         main(["--config", config, "--model.init_args.network", "smp_unte"], run=False)
+
+
+def test_checkpoint_reloads_after_the_encoder_weights_file_is_deleted(tmp_path):
+    # The restore guard of ZooModule: load_from_checkpoint builds the network without reading encoder_weights
+    # again (the checkpoint holds the trained weights), so the file may be gone.
+    source = SemanticSegmenter("smp_unet", num_classes=2, in_channels=1, network_kwargs={"encoder_name": "resnet18"})
+    weights = tmp_path / "encoder.pth"
+    torch.save(source.net.encoder.state_dict(), weights)
+    model = SemanticSegmenter(
+        network="smp_unet",
+        num_classes=2,
+        in_channels=1,
+        network_kwargs={"encoder_name": "resnet18", "encoder_weights": str(weights)},
+    )
+    torch.testing.assert_close(model.net.encoder.conv1.weight, source.net.encoder.conv1.weight)
+    with torch.no_grad():
+        for p in model.net.parameters():  # "trained": weights that differ from the file's
+            p.add_(0.01)
+    trainer = pl.Trainer(**TRAINER)
+    trainer.strategy.connect(model)
+    checkpoint = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    weights.unlink()
+    restored = SemanticSegmenter.load_from_checkpoint(checkpoint, map_location="cpu")
+    assert restored.hparams.network_kwargs["encoder_weights"] == str(weights)  # kept, as the run was configured
+    saved = model.state_dict()
+    assert restored.state_dict().keys() == saved.keys()
+    for key, value in restored.state_dict().items():
+        torch.testing.assert_close(value, saved[key], msg=key)
+    # outside a restore, a missing file is still an error naming it
+    with pytest.raises(FileNotFoundError, match="encoder.pth"):
+        SemanticSegmenter("smp_unet", network_kwargs={"encoder_name": "resnet18", "encoder_weights": str(weights)})

@@ -1,10 +1,8 @@
 """Transfer learning: local weight files, the classifier head, network stages, freeze/unfreeze.
 
-- :func:`load_pretrained` loads a local weights file into a network: a plain state dict
-  (torchvision's or timm's key names, which the zoo's builders keep), a dict holding one under
-  ``"state_dict"`` / ``"model"``, or a zoo Lightning checkpoint (keys ``net.*``). Everything but the
-  classifier head must fit; a head of another shape (other ``num_classes``) stays freshly
-  initialised. Nothing is ever downloaded.
+- :func:`load_pretrained` loads a local weights file into a classifier through
+  :func:`zoo.core.weights.load_weights` (every format it reads): everything but the classifier head must fit; a
+  head of another shape (other ``num_classes``) stays freshly initialised. Nothing is ever downloaded.
 - :func:`find_head` / :func:`replace_head`: the classifier head of any registered network.
 - :func:`stages`: a network's ordered stages (what freezing counts in), :func:`freeze_first_stages`.
 - :class:`FreezeUnfreeze`: a ``BaseFinetuning`` callback (Lightning's fine-tuning hooks) that freezes
@@ -13,20 +11,14 @@
   ``freeze_stages`` is set.
 
 What comes from the libraries: Lightning's ``BaseFinetuning`` (freezing, BatchNorm handling,
-parameter-group bookkeeping across restarts) and ``torch.load``. Hand-written here: key matching
-across file formats, head detection and the stage rules, which no library offers for arbitrary
-torchvision / timm / zoo networks.
+parameter-group bookkeeping across restarts). Hand-written here: head detection and the stage rules,
+which no library offers for arbitrary torchvision / timm / zoo networks.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import fnmatch
 import numbers
-import pickle
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,110 +28,11 @@ import torch.nn as nn
 from pytorch_lightning.callbacks import BaseFinetuning
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torch.nn.modules.batchnorm import _BatchNorm
-from torchvision.models import GoogLeNet
 
-from zoo.classification.models.lenet import Subsampling
+from zoo.core.weights import LoadReport, load_weights
 
 # Attribute names under which torchvision / timm / the zoo keep the classifier, in lookup order.
 HEAD_ATTRIBUTES = ("fc", "classifier", "head")
-# Key prefixes that wrap a network's own keys in other files: a zoo LightningModule keeps its
-# network under ``net``; DataParallel / DDP save ``module.``; many training scripts ``model.``.
-WRAPPER_PREFIXES = ("net.", "module.", "model.")
-
-
-class PretrainedWeightsError(ValueError):
-    """A weights file that does not fit the network it is loaded into."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Restoring from a checkpoint: skip what the checkpoint's own state dict overwrites anyway
-# ---------------------------------------------------------------------------------------------
-
-_RESTORING = contextvars.ContextVar("zoo_restoring_from_checkpoint", default=False)
-
-
-@contextlib.contextmanager
-def restoring_from_checkpoint() -> Iterator[None]:
-    """While active, zoo modules skip loading ``pretrained`` weights (and distillation teachers) in
-    ``__init__``: the checkpoint being restored holds the trained weights, and the files named in
-    its hyperparameters need not exist any more. ``ImageClassifier.load_from_checkpoint`` uses it."""
-    token = _RESTORING.set(True)
-    try:
-        yield
-    finally:
-        _RESTORING.reset(token)
-
-
-def is_restoring_from_checkpoint() -> bool:
-    return _RESTORING.get()
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading weight files
-# ---------------------------------------------------------------------------------------------
-
-
-def read_weights_file(path: str | Path) -> Any:
-    """The object stored in a local weights file (``torch.save`` output or ``.safetensors``).
-
-    Tries ``torch.load(weights_only=True)`` first; a Lightning checkpoint whose hyperparameters hold
-    Python objects needs the full unpickler, which is used then (like Lightning's own
-    ``load_from_checkpoint``: load only files you trust).
-    """
-    path = Path(path)
-    if not path.is_file():
-        where = "a folder" if path.exists() else "missing"
-        raise FileNotFoundError(
-            f"Weights file {path} is {where}. Weights are only read from local files (nothing is "
-            f"downloaded): give the path of a .pth/.pt/.ckpt/.safetensors file that exists."
-        )
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError) as err:
-        raise PretrainedWeightsError(f"Cannot read weights file {path}: {err}") from err
-
-
-def extract_state_dict(obj: Any, path: str | Path = "<object>") -> dict[str, torch.Tensor]:
-    """The tensors of a state dict, whatever wraps them: a plain state dict, ``{"state_dict": ...}``
-    (Lightning checkpoints and others) or ``{"model": ...}`` (torchvision's reference scripts)."""
-    if isinstance(obj, nn.Module):
-        return dict(obj.state_dict())
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model", "model_state_dict", "model_state"):
-            inner = obj.get(key)
-            if isinstance(inner, Mapping):
-                return extract_state_dict(inner, path)
-            if isinstance(inner, nn.Module):
-                return dict(inner.state_dict())
-        tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-        if tensors:
-            return tensors
-    raise PretrainedWeightsError(
-        f"{path} holds no state dict: expected a dict of tensors, or a dict with one under "
-        f"'state_dict' or 'model' (got {type(obj).__name__}"
-        + (f" with keys {sorted(map(str, obj))[:8]}" if isinstance(obj, Mapping) else "")
-        + ")."
-    )
-
-
-def match_prefix(state: dict[str, torch.Tensor], expected: Iterable[str]) -> dict[str, torch.Tensor]:
-    """``state`` with the wrapper prefix (``net.``, ``module.``, ``model.``) removed that makes the
-    most of its keys names of ``expected``; keys outside the chosen prefix are dropped (a zoo
-    checkpoint's other entries)."""
-    expected = set(expected)
-    best, best_hits = state, sum(k in expected for k in state)
-    for prefix in WRAPPER_PREFIXES:
-        stripped = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        hits = sum(k in expected for k in stripped)
-        if hits > best_hits:
-            best, best_hits = stripped, hits
-    return best
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,28 +134,6 @@ def replace_head(net: nn.Module, num_classes: int) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class LoadReport:
-    """What :func:`load_pretrained` did."""
-
-    path: str
-    loaded: list[str] = field(default_factory=list)  # keys copied from the file
-    skipped_head: list[str] = field(default_factory=list)  # head keys left as initialised (other shape)
-    ignored: list[str] = field(default_factory=list)  # keys left alone because ``ignore`` named them
-    missing: list[str] = field(default_factory=list)  # network keys the file lacks (strict=False)
-    unexpected: list[str] = field(default_factory=list)  # file keys not in the network (strict=False)
-
-    def __str__(self) -> str:
-        parts = [f"loaded {len(self.loaded)} tensors from {self.path}"]
-        if self.skipped_head:
-            parts.append(f"head left freshly initialised: {', '.join(self.skipped_head)}")
-        for what in ("ignored", "missing", "unexpected"):
-            keys = getattr(self, what)
-            if keys:
-                parts.append(f"{len(keys)} {what}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}")
-        return "; ".join(parts)
-
-
 def load_pretrained(
     net: nn.Module,
     path: str | Path,
@@ -272,119 +143,53 @@ def load_pretrained(
     ignore: Sequence[str] = (),
     contents: Any = None,
 ) -> LoadReport:
-    """Load the weights file ``path`` into ``net`` (in place) and report what was loaded.
+    """Load the weights file ``path`` into the classifier ``net`` (in place) and report what was loaded:
+    :func:`zoo.core.weights.load_weights` with the classifier head (main and auxiliary, :func:`head_state_keys`)
+    as the keys that may differ.
 
     Args:
         net: the network, built with the architecture that saved the file (any ``num_classes``).
-        path: a local file: a plain state dict (torchvision / timm format), a dict with the state
-            dict under ``"state_dict"`` or ``"model"``, or a zoo Lightning checkpoint (its ``net.``
-            prefix is removed). ``.safetensors`` files work too.
-        strict_head: also require the head to fit. By default a head of another shape (a
-            different ``num_classes``) is skipped and keeps its fresh initialisation.
-        strict: every other key of the network must be in the file and every key of the file in the
-            network; ``False`` loads the common keys and reports the rest.
-        ignore: shell-style patterns of keys to leave as they are (e.g. ``["conv1.weight"]`` to
-            load ImageNet weights into a ``small_input=True`` network, whose first convolution has
-            another kernel).
-        contents: the file's contents when the caller has read it already (``path`` then only
-            names it in messages).
-
-    Raises:
-        FileNotFoundError: the file does not exist (its path is named).
-        PretrainedWeightsError: a tensor other than the head (or any, with ``strict_head``) has
-            another shape in the file than in the network: the first such key (in the network's
-            order) is named with both shapes and the file; also unreadable files and, with
-            ``strict``, missing or unexpected keys.
+        path: a local file: a plain state dict (torchvision / timm format), a dict with the state dict under
+            ``"state_dict"`` or ``"model"``, or a zoo Lightning checkpoint (its ``net.`` prefix is removed).
+        strict_head: also require the head to fit. By default a head of another shape (a different
+            ``num_classes``) is skipped and keeps its fresh initialisation.
+        strict, ignore, contents: as in :func:`~zoo.core.weights.load_weights`.
     """
-    state = extract_state_dict(read_weights_file(path) if contents is None else contents, path)
-    target = net.state_dict()
-    state = match_prefix(state, target)
     head_keys = head_state_keys(net)
-    report = LoadReport(path=str(path))
-
-    def ignored(key: str) -> bool:
-        return any(fnmatch.fnmatchcase(key, pattern) for pattern in ignore)
-
-    to_load: dict[str, torch.Tensor] = {}
-    for key, tensor in target.items():  # the network's order: the first mismatch is reported
-        if ignored(key):
-            report.ignored.append(key)
-            continue
-        if key not in state:
-            if key in head_keys and not strict_head:
-                report.skipped_head.append(key)
-            else:
-                report.missing.append(key)
-            continue
-        value = state[key]
-        if value.shape != tensor.shape:
-            if key in head_keys and not strict_head:
-                report.skipped_head.append(key)
-                continue
-            what = "the classifier head " if key in head_keys else ""
-            hint = (
-                "strict_head=True requires the head to fit: build the network with the file's num_classes."
-                if key in head_keys
-                else "The file was saved by another configuration of the network (other in_channels, "
-                "small_input, width or depth?). Build the network the way the file's network was built, "
-                f"or leave this tensor out with ignore=[{key!r}]."
-            )
-            raise PretrainedWeightsError(
-                f"{path} does not fit {type(net).__name__}: {what}{key!r} has shape {tuple(value.shape)} in "
-                f"the file but {tuple(tensor.shape)} in the network. {hint}"
-            )
-        to_load[key] = value
-        report.loaded.append(key)
-    report.unexpected = [k for k in state if k not in target and not ignored(k)]
-    if not to_load:
-        raise PretrainedWeightsError(
-            f"{path} shares no tensor with {type(net).__name__}: the file's keys "
-            f"({', '.join(list(state)[:4])}, ...) are not the network's "
-            f"({', '.join(list(target)[:4])}, ...). "
-            f"Is it the weights of another architecture?"
-        )
-    if strict and (report.missing or report.unexpected):
-        details = []
-        if report.missing:
-            details.append(f"missing from the file: {', '.join(report.missing[:5])}")
-        if report.unexpected:
-            details.append(f"not in the network: {', '.join(report.unexpected[:5])}")
-        raise PretrainedWeightsError(
-            f"{path} and {type(net).__name__} have different keys ({'; '.join(details)}). "
-            f"Pass strict=False to load the {len(to_load)} common tensors anyway."
-        )
-    net.load_state_dict(to_load, strict=False)
-    return report
+    fix = "strict_head=True requires the head to fit: build the network with the file's num_classes."
+    return load_weights(
+        net, path, tolerant=() if strict_head else head_keys,
+        hints={key: ("the classifier head ", fix) for key in head_keys},
+        strict=strict, ignore=ignore, contents=contents,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Stages
 # ---------------------------------------------------------------------------------------------
 
+# A layer of another type counts as a pooling when its class says ``ends_stage = True`` (LeNet-5's trainable
+# subsampling): the networks declare it, this module knows no network.
 POOLING_TYPES: tuple[type[nn.Module], ...] = (
     nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d,
-    Subsampling,  # LeNet-5's trainable subsampling
     nn.Identity,  # where the zoo's small-input rule removed a pooling: stage counts stay the same
 )
-GOOGLENET_STAGES = (
-    ("conv1", "maxpool1", "conv2", "conv3", "maxpool2"),
-    ("inception3a", "inception3b", "maxpool3"),
-    ("inception4a", "inception4b", "inception4c", "inception4d", "inception4e", "maxpool4"),
-    ("inception5a", "inception5b"),
-)
-
 
 def _has_parameters(module: nn.Module) -> bool:
     return any(True for _ in module.parameters())
 
 
+def _is_pooling(module: nn.Module) -> bool:
+    return isinstance(module, POOLING_TYPES) or getattr(type(module), "ends_stage", False) is True
+
+
 def _ends_stage(module: nn.Module) -> bool:
     """A pooling layer, or a block whose last layer is one (DenseNet's transitions)."""
-    if isinstance(module, POOLING_TYPES):
+    if _is_pooling(module):
         return True
     leaves = [m for m in module.modules() if not list(m.children())]
     last = leaves[-1] if leaves else module
-    return last is not module and isinstance(last, POOLING_TYPES) and not isinstance(last, nn.Identity)
+    return last is not module and _is_pooling(last) and not isinstance(last, nn.Identity)
 
 
 def _starts_stage(module: nn.Module) -> bool:
@@ -438,8 +243,9 @@ def stages(net: nn.Module) -> list[nn.Module]:
     2. ResNet-like (``layer1``, ``layer2``, ... children: torchvision's ResNets / ResNeXts, timm's
        SE-ResNets, the zoo's CIFAR ResNets): the stem (every child before ``layer1``: ``conv1``,
        ``bn1``, ``relu``, ``maxpool``), then ``layer1``, ``layer2``, ...
-    3. torchvision's GoogLeNet: the stem (``conv1`` ... ``maxpool2``), inception 3, 4 and 5
-       (with the max-pool that follows each); the auxiliary heads are heads, not stages.
+    3. A network with a ``stage_names`` attribute (names of its children, one tuple per stage): those
+       groups (the zoo's GoogLeNet: the stem ``conv1`` ... ``maxpool2``, inception 3, 4 and 5 with the
+       max-pool that follows each; the auxiliary heads are heads, not stages).
     4. A ``features`` ``nn.Sequential`` (VGG, AlexNet, DenseNet, MobileNet, SqueezeNet, NiN, the
        zoo's convnet and LeNet-5): cut into stages by :func:`split_into_stages`, i.e. at its
        poolings (VGG: its five blocks; DenseNet: the stem, then each dense block with its
@@ -462,8 +268,8 @@ def stages(net: nn.Module) -> list[nn.Module]:
         while f"layer{i}" in children:
             groups.append([children[f"layer{i}"]])
             i += 1
-    elif isinstance(net, GoogLeNet):
-        groups = [[children[n] for n in names] for names in GOOGLENET_STAGES]
+    elif isinstance(getattr(net, "stage_names", None), (tuple, list)):
+        groups = [[children[n] for n in names] for names in net.stage_names]
     elif isinstance(getattr(net, "features", None), nn.Sequential):
         groups = split_into_stages(list(net.features))
     else:

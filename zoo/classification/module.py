@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -11,37 +10,27 @@ import torch.nn.functional as F
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError, MulticlassConfusionMatrix
+from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
-from zoo.classification.finetune import (
-    FreezeUnfreeze,
-    LoadReport,
-    is_restoring_from_checkpoint,
-    load_pretrained,
-    resolve_freeze_depth,
-    restoring_from_checkpoint,
-)
+from zoo.classification.finetune import FreezeUnfreeze, LoadReport, load_pretrained, resolve_freeze_depth
 from zoo.classification.models.googlenet import googlenet_loss, main_logits
-from zoo.registry import create_model
-from zoo.utils.checkpoint import ZooCheckpointMixin
-from zoo.utils.checks import check_model_fits_data, release_inference_metric_states
-from zoo.utils.optim import as_factory, build_optimizers, plain_factory_hparams
+from zoo.core.module import SchedulerInterval, ZooModule
 
 
-class ImageClassifier(ZooCheckpointMixin, pl.LightningModule):
+class ImageClassifier(ZooModule):
     """Train, evaluate and run a classifier from the registry.
 
     Logs ``train/loss``, ``train/acc``, ``{val,test}/{loss,acc,acc_top5}``; at test time also the
-    per-class accuracy (``test/acc_class/<name>``), the expected calibration error ``test/ece`` (15 equal-width
-    confidence bins, Guo et al. 2017) and a confusion-matrix figure (TensorBoard and
-    ``confusion_matrix.png`` in the run's log directory). ``test_step`` returns the logits, which
-    ``zoo.evaluation`` collects for its report.
+    per-class accuracy (``test/acc_class/<name>``) and the expected calibration error ``test/ece`` (15
+    equal-width confidence bins, Guo et al. 2017). ``test_step`` returns the logits, which
+    ``zoo.evaluation`` collects for its report (confusion matrix, reliability diagram, misclassified images).
 
     Args:
-        backbone: registered name (``zoo.list_models(family="classification")``).
+        network: registered name (``zoo.list_models(family="classification")``); ``backbone`` before
+            checkpoint format 2 (older checkpoints are read with it renamed).
         num_classes: output classes; linked from the datamodule by ``train.py``.
         in_channels: input channels; linked from the datamodule by ``train.py``.
-        backbone_kwargs: extra keyword arguments of the backbone's builder.
+        network_kwargs: extra keyword arguments of the network's builder.
         label_smoothing: cross-entropy label smoothing (Szegedy et al. 2016, sec. 7).
         optimizer: any ``torch.optim`` class with its arguments (``class_path``/``init_args`` in YAML).
         lr_scheduler: any ``torch.optim.lr_scheduler`` class; OneCycleLR gets ``total_steps``
@@ -63,18 +52,19 @@ class ImageClassifier(ZooCheckpointMixin, pl.LightningModule):
         aux_loss_weight: weight of auxiliary classifiers' losses in training (GoogLeNet: 0.3).
     """
 
-    model_family = "classification"  # the registry family that ``backbone`` names are looked up in
+    family = "classification"
+    renamed_arguments = {"backbone": "network", "backbone_kwargs": "network_kwargs"}  # checkpoint format 1
 
     def __init__(
         self,
-        backbone: str = "convnet",
+        network: str = "convnet",
         num_classes: int = 10,
         in_channels: int = 1,
-        backbone_kwargs: dict[str, Any] | None = None,
+        network_kwargs: dict[str, Any] | None = None,
         label_smoothing: float = 0.0,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
-        lr_scheduler_interval: Literal["auto", "step", "epoch"] = "auto",
+        lr_scheduler_interval: SchedulerInterval = "auto",
         class_names: list[str] | None = None,
         pretrained: str | None = None,
         freeze_stages: int = 0,
@@ -82,23 +72,20 @@ class ImageClassifier(ZooCheckpointMixin, pl.LightningModule):
         unfreeze_lr_factor: float = 0.1,
         aux_loss_weight: float = 0.3,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        plain_factory_hparams(self.hparams)  # class path + arguments in the checkpoint, not a pickled partial
+        super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler, lr_scheduler_interval=lr_scheduler_interval)
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class_names given for num_classes={num_classes}")
         self.num_classes = num_classes
         self.aux_loss_weight = aux_loss_weight
         self.in_channels = in_channels
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
-        self.net = create_model(
-            backbone, family="classification", num_classes=num_classes, in_channels=in_channels,
-            **(backbone_kwargs or {}),
+        self.net = self.build_network(
+            network, num_classes=num_classes, in_channels=in_channels, **(network_kwargs or {})
         )
         self.pretrained_report: LoadReport | None = None
-        if pretrained and not is_restoring_from_checkpoint():
+        if pretrained and not self.restoring:
             self.pretrained_report = load_pretrained(self.net, pretrained)
-            rank_zero_info(f"{backbone}: {self.pretrained_report}")
+            rank_zero_info(f"{network}: {self.pretrained_report}")
         if freeze_stages:
             FreezeUnfreeze(freeze_stages, unfreeze_at_epoch, unfreeze_lr_factor)  # checks the arguments
             resolve_freeze_depth(self.net, freeze_stages)  # a depth beyond the stages fails here, not at fit
@@ -107,9 +94,6 @@ class ImageClassifier(ZooCheckpointMixin, pl.LightningModule):
                     f"freeze_stages={freeze_stages} without pretrained weights freezes randomly initialised "
                     "layers. Fix: set pretrained to a weights file (or freeze_stages to 0)."
                 )
-        self.optimizer_factory = as_factory(optimizer)
-        self.lr_scheduler_factory = as_factory(lr_scheduler)
-        self.lr_scheduler_interval = lr_scheduler_interval
         top5 = min(5, num_classes)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_metrics = MetricCollection(
@@ -123,18 +107,10 @@ class ImageClassifier(ZooCheckpointMixin, pl.LightningModule):
         # processes count as 1,000), which biases the loss under DDP.
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.test_per_class = MulticlassAccuracy(num_classes, average="none")
-        self.test_confmat = MulticlassConfusionMatrix(num_classes)
         # Guo et al. 2017: ECE over 15 equal-width confidence bins (their choice); the report's reliability
         # diagram uses the same bins (zoo.evaluation.classification.ECE_BINS).
         self.test_calibration = MulticlassCalibrationError(num_classes, n_bins=15, norm="l1")
         self._checked_stages: set[str] = set()
-
-    @classmethod
-    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        """Lightning's ``load_from_checkpoint``; files named by the hyperparameters (``pretrained``,
-        a distillation teacher) are not read: the checkpoint's state dict holds the weights."""
-        with restoring_from_checkpoint():
-            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def configure_callbacks(self) -> list[pl.Callback]:
         """The freeze/unfreeze schedule, when ``freeze_stages`` asks for one."""
@@ -150,9 +126,6 @@ class ImageClassifier(ZooCheckpointMixin, pl.LightningModule):
         return main_logits(self.net(images))
 
     # -- checks ----------------------------------------------------------------------------------------
-    def setup(self, stage: str) -> None:
-        check_model_fits_data(self)
-
     def _check_batch(self, stage: str, images: torch.Tensor, labels: torch.Tensor) -> None:
         if stage in self._checked_stages:
             return  # first batch of each stage only: the check costs a device sync
@@ -228,15 +201,8 @@ class ImageClassifier(ZooCheckpointMixin, pl.LightningModule):
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self._evaluate(batch, "test")
         self.test_per_class.update(logits, batch[1])
-        self.test_confmat.update(logits, batch[1])
         self.test_calibration.update(logits.softmax(dim=1), batch[1])
         return logits  # per-sample outputs for callbacks (zoo.evaluation's report)
-
-    def on_validation_epoch_start(self) -> None:
-        release_inference_metric_states(self)
-
-    def on_test_epoch_start(self) -> None:
-        release_inference_metric_states(self)
 
     def on_test_epoch_end(self) -> None:
         per_class = self.test_per_class.compute()
@@ -245,46 +211,9 @@ class ImageClassifier(ZooCheckpointMixin, pl.LightningModule):
         self.test_per_class.reset()
         self.log("test/ece", self.test_calibration.compute())
         self.test_calibration.reset()
-        confmat = self.test_confmat.compute()
-        self.test_confmat.reset()
-        # trainer.log_dir is a broadcast under DDP: every rank must ask, or rank 0 waits forever for the others
-        log_dir = self.trainer.log_dir
-        if self.trainer.is_global_zero:
-            self._save_confusion_matrix(confmat, log_dir)
-
-    def _save_confusion_matrix(self, confmat: torch.Tensor, log_dir: str | None) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        from zoo.utils.plots import plot_confusion_matrix
-
-        fig = plot_confusion_matrix(confmat.cpu(), self.class_names)
-        if log_dir:
-            Path(log_dir).mkdir(parents=True, exist_ok=True)
-            fig.savefig(Path(log_dir) / "confusion_matrix.png", dpi=120, bbox_inches="tight")
-        experiment = getattr(self.logger, "experiment", None)
-        if hasattr(experiment, "add_figure"):
-            experiment.add_figure("test/confusion_matrix", fig, global_step=self.global_step)
-        plt.close(fig)
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
         probs = self(images).softmax(dim=1)
         confidence, prediction = probs.max(dim=1)
         return {"prediction": prediction, "confidence": confidence, "probabilities": probs}
-
-    def configure_optimizers(self) -> Any:
-        # Only trainable parameters: frozen stages (FreezeUnfreeze freezes them before this runs)
-        # join the optimizer as their own parameter group when they are unfrozen.
-        params = [p for p in self.parameters() if p.requires_grad]
-        if not params:
-            raise ValueError(f"{type(self).__name__} has no trainable parameters: everything is frozen.")
-        return build_optimizers(
-            params,
-            self.optimizer_factory,
-            self.lr_scheduler_factory,
-            total_steps=lambda: self.trainer.estimated_stepping_batches,
-            interval=self.lr_scheduler_interval,
-        )

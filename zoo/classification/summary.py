@@ -25,7 +25,7 @@ import torch.nn as nn
 import torchinfo
 import yaml
 
-from zoo.registry import create_model, get_model_entry
+from zoo.core.registry import create_model, get_model_entry
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """Object detection: torchvision's Faster R-CNN and SSD (``zoo.detection.models``), detection
-metrics (IoU, TP/FP matching, PR curves, confusion matrix, COCO mAP) and :class:`ObjectDetector`.
+metrics (IoU, TP/FP matching, PR curves, confusion matrix, COCO mAP), :class:`ObjectDetector` and the figures
+its validation grid, its predictions and the detection report draw (``zoo.detection.plots``).
 
 >>> from zoo.detection import ObjectDetector, box_iou, match_detections, coco_map
 """
@@ -15,7 +16,8 @@ from zoo.detection.metrics import (
     precision_recall_curves,
 )
 from zoo.detection.models import load_backbone_weights, load_detector_weights
-from zoo.detection.module import ObjectDetector, draw_detections
+from zoo.detection.module import ObjectDetector
+from zoo.detection.plots import draw_detections, plot_pr_curves
 
 __all__ = [
     "COCOMetrics",
@@ -29,5 +31,6 @@ __all__ = [
     "load_backbone_weights",
     "load_detector_weights",
     "match_detections",
+    "plot_pr_curves",
     "precision_recall_curves",
 ]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -38,20 +39,27 @@ from torchvision.ops import box_area, box_iou
 
 Backend = Literal["faster_coco_eval", "pycocotools"]
 # The 12 numbers of COCOeval.summarize() for boxes, in its order (``stats``).
-COCO_STAT_NAMES = (
-    "map",
-    "map_50",
-    "map_75",
-    "map_small",
-    "map_medium",
-    "map_large",
-    "mar_1",
-    "mar_10",
-    "mar_100",
-    "mar_small",
-    "mar_medium",
-    "mar_large",
+# COCOeval.summarize()'s twelve lines, in its order: (key of the result, AP or AR, IoU, area, max detections)
+COCO_SUMMARY = (
+    ("map", "AP", "0.50:0.95", "all", 100),
+    ("map_50", "AP", "0.50", "all", 100),
+    ("map_75", "AP", "0.75", "all", 100),
+    ("map_small", "AP", "0.50:0.95", "small", 100),
+    ("map_medium", "AP", "0.50:0.95", "medium", 100),
+    ("map_large", "AP", "0.50:0.95", "large", 100),
+    ("mar_1", "AR", "0.50:0.95", "all", 1),
+    ("mar_10", "AR", "0.50:0.95", "all", 10),
+    ("mar_100", "AR", "0.50:0.95", "all", 100),
+    ("mar_small", "AR", "0.50:0.95", "small", 100),
+    ("mar_medium", "AR", "0.50:0.95", "medium", 100),
+    ("mar_large", "AR", "0.50:0.95", "large", 100),
 )
+COCO_STAT_NAMES = tuple(row[0] for row in COCO_SUMMARY)  # the keys of COCOeval.stats, in its order
+
+
+def class_name(label: int, class_names: Sequence[str] | None) -> str:
+    """The name of the 1-based object label ``label`` (the label itself outside ``class_names``)."""
+    return class_names[label - 1] if class_names and 1 <= label <= len(class_names) else str(label)
 
 
 def crowd_iou(pred_boxes: Tensor, crowd_boxes: Tensor) -> Tensor:
@@ -459,31 +467,17 @@ class COCOMetrics(Metric):
 
 def format_coco_table(result: dict[str, Any], class_names: list[str] | None = None) -> str:
     """COCOeval's summary lines plus a per-class table (AP, AP@.5, AR@100), as printed by ``test``."""
-    rows = [
-        ("Average Precision", "0.50:0.95", "all", 100, "map"),
-        ("Average Precision", "0.50", "all", 100, "map_50"),
-        ("Average Precision", "0.75", "all", 100, "map_75"),
-        ("Average Precision", "0.50:0.95", "small", 100, "map_small"),
-        ("Average Precision", "0.50:0.95", "medium", 100, "map_medium"),
-        ("Average Precision", "0.50:0.95", "large", 100, "map_large"),
-        ("Average Recall", "0.50:0.95", "all", 1, "mar_1"),
-        ("Average Recall", "0.50:0.95", "all", 10, "mar_10"),
-        ("Average Recall", "0.50:0.95", "all", 100, "mar_100"),
-        ("Average Recall", "0.50:0.95", "small", 100, "mar_small"),
-        ("Average Recall", "0.50:0.95", "medium", 100, "mar_medium"),
-        ("Average Recall", "0.50:0.95", "large", 100, "mar_large"),
-    ]
+    what = {"AP": "Average Precision", "AR": "Average Recall"}
     lines = [
-        f" {what:<18} @[ IoU={iou:<9} | area={area:>6} | maxDets={dets:>3} ] = {result[key]:0.3f}"
-        for what, iou, area, dets, key in rows
+        f" {what[kind]:<18} @[ IoU={iou:<9} | area={area:>6} | maxDets={dets:>3} ] = {result[key]:0.3f}"
+        for key, kind, iou, area, dets in COCO_SUMMARY
     ]
     per_class = result.get("per_class") or {}
     if per_class:
         width = max([len(n) for n in (class_names or [])] + [8])
         lines += ["", f" {'class':<{width}}  {'AP':>6}  {'AP@.5':>6}  {'AR@100':>6}"]
         for label, values in per_class.items():
-            idx = int(label) - 1
-            name = class_names[idx] if class_names and 0 <= idx < len(class_names) else str(label)
+            name = class_name(int(label), class_names)
             cells = "  ".join(f"{values[k]:6.3f}" if values[k] > -1 else f"{'-':>6}" for k in ("ap", "ap_50", "ar_100"))
             lines.append(f" {name:<{width}}  {cells}")
     return "\n".join(lines)
@@ -492,9 +486,11 @@ def format_coco_table(result: dict[str, Any], class_names: list[str] | None = No
 __all__ = [
     "COCOMetrics",
     "COCO_STAT_NAMES",
+    "COCO_SUMMARY",
     "Matches",
     "PRCurve",
     "box_iou",
+    "class_name",
     "coco_map",
     "crowd_iou",
     "detection_confusion_matrix",

@@ -2,11 +2,12 @@
 
 Every builder takes ``num_classes`` = the number of *object* classes; the network scores
 ``num_classes + 1`` classes, index 0 being the background (torchvision's convention), so label ``k``
-of a target is the ``k``-th object class (1-based). Nothing is downloaded: initial weights come from
+of a target is the ``k``-th object class (1-based). Nothing is downloaded: initial weights come from local
+files (``.pth`` / ``.pt`` / ``.ckpt`` / ``.safetensors``, read by :func:`zoo.core.weights.load_weights`):
 
 - ``backbone_weights``: a local file with the backbone classifier's weights: a torchvision ImageNet
   state dict (``resnet50-0676ba61.pth``, ``mobilenet_v3_large-8738ca79.pth``, ``vgg16-397923af.pth``)
-  or a zoo classifier checkpoint of the same architecture (``ImageClassifier`` with backbone
+  or a zoo classifier checkpoint of the same architecture (``ImageClassifier`` with network
   ``resnet50`` / ``mobilenet_v3_large`` / ``vgg16``; its classifier head is left out). As in
   torchvision, a pretrained backbone gets frozen batch norm and only its last
   ``trainable_backbone_layers`` stages train; without one every layer trains, with ordinary batch norm.
@@ -23,13 +24,15 @@ Any other keyword goes to ``FasterRCNN`` / ``SSD`` (``box_score_thresh``, ``box_
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torchvision.models import mobilenet_v3_large, resnet50, vgg16
+from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
 from torchvision.models.detection.backbone_utils import (
     _mobilenet_extractor,
@@ -42,49 +45,78 @@ from torchvision.models.detection.ssdlite import SSDLiteHead, _normal_init
 from torchvision.models.detection.ssdlite import _mobilenet_extractor as _ssdlite_extractor
 from torchvision.ops import misc as misc_nn_ops
 
-from zoo.classification.finetune import (
-    PretrainedWeightsError,
-    extract_state_dict,
-    load_pretrained,
-    match_prefix,
-    read_weights_file,
-)
-from zoo.registry import register_model
+from zoo.core.registry import register_model
+from zoo.core.weights import LoadReport, PretrainedWeightsError, load_weights
 
 # Keys of a detector whose shapes depend on the number of classes: a whole-detector weights file
 # trained on another label set loads everything but these.
 CLASS_DEPENDENT_KEYS = ("roi_heads.box_predictor.", "head.classification_head.")
+# Frozen batch norm (a pretrained backbone's) has no num_batches_tracked counter: left out both ways.
+NOT_LOADED = ("*num_batches_tracked",)
 
 
-def load_backbone_weights(backbone: nn.Module, path: str) -> None:
-    """Load a classifier's weights file (torchvision state dict or zoo checkpoint) into ``backbone``,
-    the full torchvision classifier before its feature extractor is cut out; the classifier head
-    (another number of classes) is skipped, any other mismatch is an error naming the key."""
-    # frozen batch norm (a pretrained backbone's) has no num_batches_tracked counter: leave it out both ways
-    report = load_pretrained(backbone, path, ignore=["*num_batches_tracked"])
+def classifier_head_keys(classifier: nn.Module) -> list[str]:
+    """State-dict keys of the last ``nn.Linear`` of a torchvision classifier: its head (``fc`` of ResNet,
+    ``classifier.3`` of MobileNetV3, ``classifier.6`` of VGG), whose shape follows the file's number of classes."""
+    linears = [(name, module) for name, module in classifier.named_modules() if isinstance(module, nn.Linear)]
+    if not linears:
+        return []
+    name, head = linears[-1]
+    return [f"{name}.{key}" for key in head.state_dict()]
+
+
+def load_backbone_weights(backbone: nn.Module, path: str | Path) -> LoadReport:
+    """Load a classifier's weights file (torchvision state dict or zoo checkpoint; ``.pth``, ``.ckpt``,
+    ``.safetensors``, ...) into ``backbone``, the full torchvision classifier before its feature extractor is
+    cut out. The classifier head (another number of classes) keeps its initialisation; any other mismatch is a
+    :class:`~zoo.core.weights.PretrainedWeightsError` naming the key and the file."""
+    report = load_weights(backbone, path, tolerant=classifier_head_keys(backbone), ignore=NOT_LOADED)
     rank_zero_info(f"detection backbone {type(backbone).__name__}: {report}")
+    return report
 
 
-def load_detector_weights(model: nn.Module, path: str) -> None:
-    """Load a whole detector's weights file; class-dependent layers of another shape are skipped."""
-    contents = read_weights_file(path)
-    state = match_prefix(extract_state_dict(contents, path), model.state_dict())
-    target = model.state_dict()
-    skipped = [
-        k for k, v in state.items() if k in target and v.shape != target[k].shape and k.startswith(CLASS_DEPENDENT_KEYS)
-    ]
-    report = load_pretrained(model, path, ignore=[*skipped, "*num_batches_tracked"], contents=state)
-    rank_zero_info(
-        f"detector {type(model).__name__}: {report}" + (f" (class layers skipped: {skipped})" if skipped else "")
-    )
+def load_detector_weights(model: nn.Module, path: str | Path) -> LoadReport:
+    """Load a whole detector's weights file; class-dependent layers (:data:`CLASS_DEPENDENT_KEYS`) of another
+    shape keep their fresh initialisation and are reported (``report.skipped_head``)."""
+    class_layers = [key for key in model.state_dict() if key.startswith(CLASS_DEPENDENT_KEYS)]
+    report = load_weights(model, path, tolerant=class_layers, ignore=NOT_LOADED)
+    rank_zero_info(f"detector {type(model).__name__}: {report}")
+    return report
 
 
-def _resnet_body(backbone_weights: str | None, frozen_bn: bool) -> nn.Module:
-    norm = misc_nn_ops.FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
-    body = resnet50(weights=None, norm_layer=norm)
+def _check_classes(num_classes: int) -> None:
+    if num_classes < 1:
+        raise ValueError(
+            f"num_classes counts the object classes (background excluded) and must be >= 1, got {num_classes}"
+        )
+
+
+def _backbone_body(
+    arch: Callable[..., nn.Module],
+    num_classes: int,
+    trainable_backbone_layers: int | None,
+    backbone_weights: str | None,
+    weights: str | None,
+    layers: tuple[int, int],
+    frozen_bn: bool = False,
+    **arch_kwargs: Any,
+) -> tuple[nn.Module, int]:
+    """The torchvision classifier ``arch`` with ``backbone_weights`` loaded, and how many of its stages train.
+
+    torchvision's rules: the network counts as pretrained when a weights file is given (``weights`` or
+    ``backbone_weights``); then only the last ``trainable_backbone_layers`` stages train (``layers``: the most
+    and the default), else all of them. With ``frozen_bn`` a pretrained backbone gets frozen batch norm and an
+    untrained one ordinary batch norm.
+    """
+    _check_classes(num_classes)
+    trained = backbone_weights is not None or weights is not None
+    trainable = _validate_trainable_layers(trained, trainable_backbone_layers, *layers)
+    if frozen_bn:
+        arch_kwargs["norm_layer"] = misc_nn_ops.FrozenBatchNorm2d if trained else nn.BatchNorm2d
+    body = arch(weights=None, **arch_kwargs)
     if backbone_weights:
         load_backbone_weights(body, backbone_weights)
-    return body
+    return body, trainable
 
 
 def _finish(model: nn.Module, weights: str | None) -> nn.Module:
@@ -99,13 +131,6 @@ def _rcnn_size(image_size: int | None, kwargs: dict[str, Any]) -> dict[str, Any]
     return kwargs
 
 
-def _check_classes(num_classes: int) -> None:
-    if num_classes < 1:
-        raise ValueError(
-            f"num_classes counts the object classes (background excluded) and must be >= 1, got {num_classes}"
-        )
-
-
 @register_model("detection", source="torchvision")
 def fasterrcnn_resnet50_fpn(
     num_classes: int = 90,
@@ -117,11 +142,10 @@ def fasterrcnn_resnet50_fpn(
 ) -> FasterRCNN:
     """Faster R-CNN (Ren et al. 2015) with a ResNet-50-FPN backbone (Lin et al. 2017, FPN), as
     ``torchvision.models.detection.fasterrcnn_resnet50_fpn``."""
-    _check_classes(num_classes)
-    trained = backbone_weights is not None or weights is not None  # torchvision's rule
-    layers = _validate_trainable_layers(trained, trainable_backbone_layers, 5, 3)
-    backbone = _resnet_fpn_extractor(_resnet_body(backbone_weights, frozen_bn=trained), layers)
-    model = FasterRCNN(backbone, num_classes + 1, **_rcnn_size(image_size, kwargs))
+    body, layers = _backbone_body(
+        resnet50, num_classes, trainable_backbone_layers, backbone_weights, weights, (5, 3), frozen_bn=True
+    )
+    model = FasterRCNN(_resnet_fpn_extractor(body, layers), num_classes + 1, **_rcnn_size(image_size, kwargs))
     return _finish(model, weights)
 
 
@@ -137,12 +161,7 @@ def fasterrcnn_resnet50_fpn_v2(
     """Faster R-CNN v2 (Li et al. 2021, "Benchmarking detection transfer learning with ViTs"): a
     two-conv RPN head and a 4-conv + 1-FC box head with batch norm, ResNet-50-FPN; as torchvision's
     ``fasterrcnn_resnet50_fpn_v2`` (batch norm trains there even with pretrained weights)."""
-    _check_classes(num_classes)
-    trained = backbone_weights is not None or weights is not None  # torchvision's rule
-    layers = _validate_trainable_layers(trained, trainable_backbone_layers, 5, 3)
-    body = resnet50(weights=None)
-    if backbone_weights:
-        load_backbone_weights(body, backbone_weights)
+    body, layers = _backbone_body(resnet50, num_classes, trainable_backbone_layers, backbone_weights, weights, (5, 3))
     backbone = _resnet_fpn_extractor(body, layers, norm_layer=nn.BatchNorm2d)
     anchor_generator = AnchorGenerator(((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5)
     rpn_head = RPNHead(backbone.out_channels, anchor_generator.num_anchors_per_location()[0], conv_depth=2)
@@ -158,26 +177,8 @@ def fasterrcnn_resnet50_fpn_v2(
     return _finish(model, weights)
 
 
-def _fasterrcnn_mobilenet(
-    num_classes: int,
-    trainable_backbone_layers: int | None,
-    backbone_weights: str | None,
-    weights: str | None,
-    anchor_sizes: Sequence[int],
-    kwargs: dict[str, Any],
-) -> FasterRCNN:
-    _check_classes(num_classes)
-    trained = backbone_weights is not None or weights is not None  # torchvision's rule
-    layers = _validate_trainable_layers(trained, trainable_backbone_layers, 6, 3)
-    norm = misc_nn_ops.FrozenBatchNorm2d if trained else nn.BatchNorm2d
-    body = mobilenet_v3_large(weights=None, norm_layer=norm)
-    if backbone_weights:
-        load_backbone_weights(body, backbone_weights)
-    backbone = _mobilenet_extractor(body, True, layers)
-    # torchvision puts every anchor size on each of the 3 feature maps (the last two stages + pool)
-    sizes = (tuple(int(s) for s in anchor_sizes),) * 3
-    anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * 3)
-    return _finish(FasterRCNN(backbone, num_classes + 1, rpn_anchor_generator=anchors, **kwargs), weights)
+# What torchvision's 320-px variant changes: a small input and fewer proposals at test time.
+LOW_RESOLUTION = {"min_size": 320, "max_size": 640, "rpn_pre_nms_top_n_test": 150, "rpn_post_nms_top_n_test": 150}
 
 
 @register_model("detection", source="torchvision")
@@ -193,11 +194,14 @@ def fasterrcnn_mobilenet_v3_large_fpn(
     """Faster R-CNN (Ren et al. 2015) on MobileNetV3-Large-FPN (Howard et al. 2019), high resolution
     (800-1333 px), as torchvision's ``fasterrcnn_mobilenet_v3_large_fpn``. ``anchor_sizes``: anchor
     sides in pixels (each on all three feature maps), e.g. ``[16, 32, 64, 128]`` for small objects."""
-    defaults = {"rpn_score_thresh": 0.05}
-    return _fasterrcnn_mobilenet(
-        num_classes, trainable_backbone_layers, backbone_weights, weights, anchor_sizes,
-        {**defaults, **_rcnn_size(image_size, kwargs)},
-    )  # fmt: skip
+    body, layers = _backbone_body(
+        mobilenet_v3_large, num_classes, trainable_backbone_layers, backbone_weights, weights, (6, 3), frozen_bn=True
+    )
+    backbone = _mobilenet_extractor(body, True, layers)
+    # torchvision puts every anchor size on each of the 3 feature maps (the last two stages + pool)
+    anchors = AnchorGenerator((tuple(int(s) for s in anchor_sizes),) * 3, ((0.5, 1.0, 2.0),) * 3)
+    kwargs = _rcnn_size(image_size, {"rpn_score_thresh": 0.05, **kwargs})
+    return _finish(FasterRCNN(backbone, num_classes + 1, rpn_anchor_generator=anchors, **kwargs), weights)
 
 
 @register_model("detection", source="torchvision")
@@ -211,17 +215,11 @@ def fasterrcnn_mobilenet_v3_large_320_fpn(
     **kwargs: Any,
 ) -> FasterRCNN:
     """Faster R-CNN (Ren et al. 2015) on MobileNetV3-Large-FPN at low resolution (320 px, fewer
-    proposals), as torchvision's ``fasterrcnn_mobilenet_v3_large_320_fpn``; see the 800-px variant."""
-    defaults = {
-        "min_size": 320,
-        "max_size": 640,
-        "rpn_pre_nms_top_n_test": 150,
-        "rpn_post_nms_top_n_test": 150,
-        "rpn_score_thresh": 0.05,
-    }
-    return _fasterrcnn_mobilenet(
-        num_classes, trainable_backbone_layers, backbone_weights, weights, anchor_sizes,
-        {**defaults, **_rcnn_size(image_size, kwargs)},
+    proposals: :data:`LOW_RESOLUTION`), as torchvision's ``fasterrcnn_mobilenet_v3_large_320_fpn``; see the
+    800-px variant :func:`fasterrcnn_mobilenet_v3_large_fpn`, which takes the same arguments."""
+    return fasterrcnn_mobilenet_v3_large_fpn(
+        num_classes, trainable_backbone_layers, backbone_weights, weights, image_size, anchor_sizes,
+        **{**LOW_RESOLUTION, **kwargs},
     )  # fmt: skip
 
 
@@ -252,19 +250,14 @@ def ssd300_vgg16(
             f"ssd300_vgg16 needs image_size >= 300 (its extra layers shrink the map to 1x1 at 300), got "
             f"{image_size}. Fix: use ssdlite320_mobilenet_v3_large for small images, or image_size >= 300."
         )
-    trained = backbone_weights is not None or weights is not None  # torchvision's rule
-    layers = _validate_trainable_layers(trained, trainable_backbone_layers, 5, 4)
-    body = vgg16(weights=None)
-    if backbone_weights:
-        load_backbone_weights(body, backbone_weights)
-    backbone = _vgg_extractor(body, False, layers)
+    body, layers = _backbone_body(vgg16, num_classes, trainable_backbone_layers, backbone_weights, weights, (5, 4))
     anchors = DefaultBoxGenerator(
         [[2], [2, 3], [2, 3], [2, 3], [2], [2]],
         scales=[0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05],
         steps=[8, 16, 32, 64, 100, 300],
     )
     defaults = {"image_mean": [0.48235, 0.45882, 0.40784], "image_std": [1.0 / 255.0] * 3}
-    model = SSD(backbone, anchors, (300, 300), num_classes + 1, **{**defaults, **kwargs})
+    model = SSD(_vgg_extractor(body, False, layers), anchors, (300, 300), num_classes + 1, **{**defaults, **kwargs})
     return _finish(_fix_ssd_size(model, image_size), weights)
 
 
@@ -281,20 +274,18 @@ def ssdlite320_mobilenet_v3_large(
     """SSDlite (Sandler et al. 2018, MobileNetV2 sec. 6.2; SSD: Liu et al. 2016) on MobileNetV3-Large
     (Howard et al. 2019), as torchvision's ``ssdlite320_mobilenet_v3_large``. Without backbone weights
     the backbone has the paper's reduced tail (MobileNetV3 table 6) and normal initialisation."""
-    _check_classes(num_classes)
-    layers = _validate_trainable_layers(backbone_weights is not None, trainable_backbone_layers, 6, 6)
     norm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
-    reduced_tail = backbone_weights is None  # ImageNet weights are for the full tail
-    body = mobilenet_v3_large(weights=None, norm_layer=norm, reduced_tail=reduced_tail, width_mult=width_mult)
-    if backbone_weights:
-        load_backbone_weights(body, backbone_weights)
-    else:
+    body, layers = _backbone_body(
+        mobilenet_v3_large, num_classes, trainable_backbone_layers, backbone_weights,
+        weights=None,  # torchvision's SSDlite counts only backbone weights as pretrained
+        layers=(6, 6), norm_layer=norm, width_mult=width_mult,
+        reduced_tail=backbone_weights is None,  # ImageNet weights are for the full tail
+    )  # fmt: skip
+    if not backbone_weights:
         _normal_init(body)
     backbone = _ssdlite_extractor(body, layers, norm)
     size = (320, 320)
     anchors = DefaultBoxGenerator([[2, 3] for _ in range(6)], min_ratio=0.2, max_ratio=0.95)
-    from torchvision.models.detection import _utils as det_utils
-
     out_channels = det_utils.retrieve_out_channels(backbone, size)
     defaults = {
         "score_thresh": 0.001,
@@ -316,7 +307,9 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 
 __all__ = [
+    "CLASS_DEPENDENT_KEYS",
     "PretrainedWeightsError",
+    "classifier_head_keys",
     "count_parameters",
     "fasterrcnn_mobilenet_v3_large_320_fpn",
     "fasterrcnn_mobilenet_v3_large_fpn",

@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
-from zoo.classification.finetune import is_restoring_from_checkpoint, restoring_from_checkpoint
-from zoo.detection.metrics import COCOMetrics, PRCurve, format_coco_table
-from zoo.registry import create_model
-from zoo.utils.checks import check_model_fits_data
-from zoo.utils.optim import as_factory, build_optimizers, plain_factory_hparams
+from zoo.core.module import SchedulerInterval, ZooModule
+from zoo.detection.metrics import COCOMetrics, format_coco_table
+from zoo.detection.plots import draw_detections
 
 Batch = dict[str, Any]
 
 
-class ObjectDetector(pl.LightningModule):
+class ObjectDetector(ZooModule):
     """Train, evaluate and run a detector from the registry (``zoo.list_models(family="detection")``).
 
     Training sums the network's losses (Faster R-CNN, Ren et al. 2015, sec. 3.1.2: RPN objectness
@@ -30,8 +27,9 @@ class ObjectDetector(pl.LightningModule):
     DDP): ``{val,test}/map``, ``/map_50``, ``/map_75``, ``/map_small|medium|large``, ``/mar_1|10|100``,
     per class ``/ap_<name>``; validation logs a grid of images with true (green) and predicted (red,
     ``score >= score_threshold``) boxes to TensorBoard. ``test`` prints COCOeval's table with per-class
-    AP and writes ``pr_curves.png`` (per-class precision/recall at IoU ``iou_threshold``) and
-    ``confusion_matrix.png`` (background row and column) into the log folder.
+    AP and keeps the whole result (per-class PR curves at IoU ``iou_threshold``, the confusion matrix with
+    a background row and column) in ``last_test_result``, from which the evaluation report
+    (:mod:`zoo.evaluation.detection`) draws ``pr_curves.png``, ``confusion_matrix.png`` and the rest.
 
     ``predict`` writes ``predictions.json`` (a COCO results file: ``image_id``, ``category_id`` in
     the data's COCO ids, ``bbox`` ``[x, y, w, h]``, ``score``) and ``<image>_boxes.png`` per image
@@ -48,7 +46,8 @@ class ObjectDetector(pl.LightningModule):
         weights: local whole-detector weights (class-dependent layers of another shape skipped).
         image_size: network input size (see :mod:`zoo.detection.models`); None: the network's default.
         network_kwargs: other keyword arguments of the builder / ``FasterRCNN`` / ``SSD``.
-        optimizer, lr_scheduler, lr_scheduler_interval: as in ``ImageClassifier``.
+        optimizer, lr_scheduler, lr_scheduler_interval: as in :class:`~zoo.core.module.ZooModule`
+            (ReduceLROnPlateau watches ``val/map``).
         score_threshold: detections drawn and counted in the confusion matrix.
         iou_threshold: IoU of a true positive for PR curves and the confusion matrix (COCO's mAP
             uses its own thresholds .5:.05:.95).
@@ -59,8 +58,8 @@ class ObjectDetector(pl.LightningModule):
         map_backend: ``faster_coco_eval`` (C++) or ``pycocotools``; identical numbers.
     """
 
-    model_family = "detection"
-    model_name_arg = "network"
+    family: ClassVar[str] = "detection"
+    monitor: ClassVar[str] = "val/map"
 
     def __init__(
         self,
@@ -75,7 +74,7 @@ class ObjectDetector(pl.LightningModule):
         network_kwargs: dict[str, Any] | None = None,
         optimizer: OptimizerCallable = torch.optim.SGD,
         lr_scheduler: LRSchedulerCallable | None = None,
-        lr_scheduler_interval: Literal["auto", "step", "epoch"] = "auto",
+        lr_scheduler_interval: SchedulerInterval = "auto",
         score_threshold: float = 0.5,
         iou_threshold: float = 0.5,
         category_ids: list[int] | None = None,
@@ -83,9 +82,7 @@ class ObjectDetector(pl.LightningModule):
         output_dir: str | None = None,
         map_backend: Literal["faster_coco_eval", "pycocotools"] = "faster_coco_eval",
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        plain_factory_hparams(self.hparams)  # class path + arguments in the checkpoint, not a pickled partial
+        super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler, lr_scheduler_interval=lr_scheduler_interval)
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class_names given for num_classes={num_classes}")
         if in_channels not in (None, 3):
@@ -102,32 +99,20 @@ class ObjectDetector(pl.LightningModule):
             raise ValueError(f"network_kwargs must not set {sorted(reserved)}: they are arguments of ObjectDetector")
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names else [str(i) for i in range(1, num_classes + 1)]
-        restoring = is_restoring_from_checkpoint()  # the checkpoint holds the weights: do not read files
-        self.net = create_model(
+        self.net = self.build_network(  # restoring from a checkpoint: the weight files are not read
             network,
-            family="detection",
             num_classes=num_classes,
             trainable_backbone_layers=trainable_backbone_layers,
-            backbone_weights=None if restoring else backbone_weights,
-            weights=None if restoring else weights,
+            backbone_weights=backbone_weights,
+            weights=weights,
             image_size=image_size,
             **(network_kwargs or {}),
         )
-        self.optimizer_factory = as_factory(optimizer)
-        self.lr_scheduler_factory = as_factory(lr_scheduler)
-        self.lr_scheduler_interval = lr_scheduler_interval
         self.val_map = COCOMetrics(num_classes, map_backend, iou_threshold, score_threshold)
         self.test_map = COCOMetrics(num_classes, map_backend, iou_threshold, score_threshold, extended=True)
         self._grid: list[tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []
         self._results: list[dict[str, Any]] = []
         self.last_test_result: dict[str, Any] | None = None
-
-    @classmethod
-    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        """Lightning's ``load_from_checkpoint``; the weight files named by the hyperparameters are not
-        read (the checkpoint's state dict holds the trained weights)."""
-        with restoring_from_checkpoint():
-            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     # -- plain PyTorch use ---------------------------------------------------------------------------
     def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
@@ -137,7 +122,7 @@ class ObjectDetector(pl.LightningModule):
 
     # -- checks --------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        check_model_fits_data(self, ("num_classes",))
+        super().setup(stage)  # num_classes must be the datamodule's
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         ids = getattr(datamodule, "category_ids", None)
         if self.hparams.category_ids is None and ids is not None:
@@ -198,34 +183,9 @@ class ObjectDetector(pl.LightningModule):
         result = self.test_map.compute()
         self.test_map.reset()
         self._log_result("test", result)
-        self.last_test_result = result
-        out = self._log_dir()  # trainer.log_dir is a broadcast under DDP: every rank asks, only rank 0 writes
+        self.last_test_result = result  # the evaluation report's figures and tables come from it
         if self._trainer is None or self.trainer.is_global_zero:
             print("\nCOCO box metrics (Lin et al. 2014):\n" + format_coco_table(result, self.class_names), flush=True)
-            self._write_test_figures(result, out)
-
-    def _log_dir(self) -> Path:
-        log_dir = self.trainer.log_dir if self._trainer else None
-        return Path(log_dir or ".")
-
-    def _write_test_figures(self, result: dict[str, Any], out: Path | None = None) -> None:
-        from zoo.utils.plots import plot_confusion_matrix
-
-        out = out if out is not None else self._log_dir()
-        out.mkdir(parents=True, exist_ok=True)
-        fig = plot_confusion_matrix(result["confusion_matrix"], ["background", *self.class_names], normalize=True)
-        fig.savefig(out / "confusion_matrix.png", dpi=100)
-        curves = plot_pr_curves(result["pr_curves"], self.class_names, self.hparams.iou_threshold)
-        curves.savefig(out / "pr_curves.png", dpi=100)
-        experiment = getattr(self.logger, "experiment", None)
-        if hasattr(experiment, "add_figure"):
-            experiment.add_figure("test/confusion_matrix", fig, self.global_step)
-            experiment.add_figure("test/pr_curves", curves, self.global_step)
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
-        plt.close(curves)
-        rank_zero_info(f"wrote {out / 'confusion_matrix.png'} and {out / 'pr_curves.png'}")
 
     def _log_grid(self) -> None:
         experiment = getattr(self.logger, "experiment", None) if self._trainer else None
@@ -244,7 +204,10 @@ class ObjectDetector(pl.LightningModule):
 
     # -- predict -------------------------------------------------------------------------------------
     def _output_dir(self) -> Path:
-        return Path(self.hparams.output_dir) if self.hparams.output_dir else self._log_dir() / "predictions"
+        if self.hparams.output_dir:
+            return Path(self.hparams.output_dir)
+        log_dir = self.trainer.log_dir if self._trainer else None  # a broadcast under DDP: every rank asks
+        return Path(log_dir or ".") / "predictions"
 
     def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, torch.Tensor]]:
         """Detect, draw ``<image>_boxes.png`` and collect COCO results (written at the epoch's end)."""
@@ -280,66 +243,5 @@ class ObjectDetector(pl.LightningModule):
         rank_zero_info(f"wrote {len(self._results)} detections to {out_dir / name}")
         self._results = []
 
-    def configure_optimizers(self) -> Any:
-        return build_optimizers(
-            [p for p in self.parameters() if p.requires_grad],
-            self.optimizer_factory,
-            self.lr_scheduler_factory,
-            total_steps=lambda: self.trainer.estimated_stepping_batches,
-            interval=self.lr_scheduler_interval,
-            monitor="val/map",
-        )
 
-
-def draw_detections(
-    image: torch.Tensor,
-    pred: dict[str, torch.Tensor],
-    class_names: list[str],
-    score_threshold: float = 0.5,
-    target: dict[str, torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """``(3, H, W)`` uint8: the image with true boxes (green) and detections scoring at least
-    ``score_threshold`` (red, ``name score``)."""
-    from torchvision.utils import draw_bounding_boxes
-
-    canvas = (image.clamp(0, 1) * 255).round().to(torch.uint8)
-    if canvas.shape[0] == 1:
-        canvas = canvas.expand(3, -1, -1)
-
-    def name(label: int) -> str:
-        return class_names[label - 1] if 1 <= label <= len(class_names) else str(label)
-
-    if target is not None and len(target["boxes"]):
-        canvas = draw_bounding_boxes(canvas, target["boxes"].float(), colors="lime", width=1)
-    keep = pred["scores"] >= score_threshold
-    if keep.any():
-        labels = [
-            f"{name(int(lab))} {s:.2f}"
-            for lab, s in zip(pred["labels"][keep], pred["scores"][keep].tolist(), strict=True)
-        ]
-        canvas = draw_bounding_boxes(canvas, pred["boxes"][keep].float(), labels=labels, colors="red", width=1)
-    return canvas
-
-
-def plot_pr_curves(curves: dict[int, PRCurve], class_names: list[str], iou_threshold: float = 0.5):  # noqa: ANN201
-    """Per-class precision/recall curves (matplotlib figure), AP in the legend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 5))
-    for label, curve in curves.items():
-        if curve.num_gt == 0:
-            continue
-        name = class_names[label - 1] if 1 <= label <= len(class_names) else str(label)
-        ax.plot(curve.recall.numpy(), curve.precision.numpy(), label=f"{name} (AP {curve.ap:.3f})")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.set_title(f"Precision / recall per class (IoU >= {iou_threshold})")
-    if len(curves) <= 20:
-        ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    return fig
+__all__ = ["ObjectDetector"]

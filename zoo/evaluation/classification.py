@@ -103,7 +103,7 @@ class ClassificationReport(ReportWriter):
         import matplotlib
 
         matplotlib.use("Agg")
-        from zoo.utils.plots import plot_confusion_matrix
+        from zoo.core.plots import plot_confusion_matrix
 
         names = list(module.class_names)
         probs = torch.cat(self.probs) if self.probs else torch.zeros(0, module.num_classes)

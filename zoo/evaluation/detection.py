@@ -29,22 +29,6 @@ from zoo.evaluation.report import (
     save_figure,
 )
 
-# (key of COCOMetrics' result, what, IoU, area, max detections): COCOeval.summarize()'s twelve lines, in its order
-COCO_ROWS = (
-    ("map", "AP", "0.50:0.95", "all", 100),
-    ("map_50", "AP", "0.50", "all", 100),
-    ("map_75", "AP", "0.75", "all", 100),
-    ("map_small", "AP", "0.50:0.95", "small", 100),
-    ("map_medium", "AP", "0.50:0.95", "medium", 100),
-    ("map_large", "AP", "0.50:0.95", "large", 100),
-    ("mar_1", "AR", "0.50:0.95", "all", 1),
-    ("mar_10", "AR", "0.50:0.95", "all", 10),
-    ("mar_100", "AR", "0.50:0.95", "all", 100),
-    ("mar_small", "AR", "0.50:0.95", "small", 100),
-    ("mar_medium", "AR", "0.50:0.95", "medium", 100),
-    ("mar_large", "AR", "0.50:0.95", "large", 100),
-)
-
 
 def _finite(value: Any) -> float | None:
     """A number for metrics.json: None for NaN and for COCO's -1 ("no objects of this kind")."""
@@ -95,9 +79,11 @@ class DetectionReport(ReportWriter):
             return FamilyReport([Section("COCO metrics", text=text), Section("Detections", figures=figures)],
                                 {"figures": [f.path.name for f in figures]})  # fmt: skip
 
+        from zoo.detection.metrics import COCO_SUMMARY
+
         coco_rows = [
             [what, iou, area, dets, _shown(metrics.get(f"test/{key}", result[key]))]
-            for key, what, iou, area, dets in COCO_ROWS
+            for key, what, iou, area, dets in COCO_SUMMARY
         ]
         curves = result.get("pr_curves") or {}
         per_class_result = result.get("per_class") or {}
@@ -124,7 +110,7 @@ class DetectionReport(ReportWriter):
             )
         ]
         if curves:
-            from zoo.detection.module import plot_pr_curves
+            from zoo.detection.plots import plot_pr_curves
 
             figures.append(
                 Figure(
@@ -174,7 +160,7 @@ class DetectionReport(ReportWriter):
         ]
         sections = [s for s in sections if s.tables or s.figures]
         data = {
-            "coco": {key: float(result[key]) for key, *_ in COCO_ROWS},
+            "coco": {key: float(result[key]) for key, *_ in COCO_SUMMARY},
             "per_class": per_class,
             "iou_threshold": iou_threshold,
             "score_threshold": score_threshold,
@@ -227,7 +213,7 @@ def _ap_bars(names: list[str], per_class: dict[str, dict[str, Any]]) -> Any:
 
 
 def _confusion_figure(confmat: torch.Tensor, names: list[str], iou_threshold: float, score_threshold: float) -> Any:
-    from zoo.utils.plots import plot_confusion_matrix
+    from zoo.core.plots import plot_confusion_matrix
 
     fig = plot_confusion_matrix(confmat, ["background", *names], normalize=True)
     fig.axes[0].set_title(
@@ -241,7 +227,7 @@ def _detections_figure(
     names: list[str],
     score_threshold: float,
 ) -> Any:
-    from zoo.detection.module import draw_detections
+    from zoo.detection.plots import draw_detections
 
     fig, axes = panel_grid(len(kept), 4, (3.2, 3.7))
     for ax, (name, image, target, pred) in zip(axes, kept, strict=False):

@@ -28,7 +28,6 @@ whose module returns nothing can run ``module(batch)`` itself.
 from __future__ import annotations
 
 import html
-import importlib
 import json
 import math
 import os
@@ -42,7 +41,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from zoo.utils.checkpoint import class_path, git_commit, software_versions
+from zoo.core.checkpoint import class_path, git_commit, import_class, software_versions
 
 
 class ReportDirError(OSError):
@@ -109,12 +108,11 @@ def register_report_writer(module_class: type | str) -> Callable[[type[ReportWri
 
 
 def _resolve(path: str) -> type | None:
-    module_name, _, name = path.rpartition(".")
-    if module_name.split(".")[0] not in sys.modules:
+    if path.split(".")[0] not in sys.modules:
         return None  # a family nobody imported cannot be the module being evaluated
     try:
-        return getattr(importlib.import_module(module_name), name, None)
-    except ImportError:
+        return import_class(path)
+    except ValueError:
         return None
 
 
@@ -297,7 +295,7 @@ class EvaluationReport(pl.Callback):
 def _network_name(module: pl.LightningModule) -> str:
     hp = getattr(module, "hparams", {}) or {}
     return (
-        str(hp.get(getattr(module, "model_name_arg", "backbone"), "")) or type(getattr(module, "net", module)).__name__
+        str(hp.get("network", "")) or type(getattr(module, "net", module)).__name__
     )
 
 

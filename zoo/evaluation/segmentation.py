@@ -25,8 +25,9 @@ from zoo.evaluation.report import (
     register_report_writer,
     save_figure,
 )
+from zoo.segmentation import SemanticSegmenter
 from zoo.segmentation.metrics import rand_error
-from zoo.segmentation.module import OVERLAY_COLOURS, SemanticSegmenter, class_colours
+from zoo.segmentation.plots import OVERLAY_COLOURS, class_colours, tint
 
 
 def per_image_scores(
@@ -129,7 +130,7 @@ class SegmentationReport(ReportWriter):
         ranked = self.kept
         best = list(reversed(ranked[-self.examples :])) if ranked else []
         worst = ranked[: self.examples]
-        colours = class_colours(module.num_classes, OVERLAY_COLOURS)
+        colours = class_colours(module.num_classes, OVERLAY_COLOURS) / 255.0  # on the [0, 1] scale of the images
         for label, chosen in (("best", best), ("worst", worst)):
             if chosen:
                 fig = _overlay_figure(chosen, colours, f"{label} images by mean IoU")
@@ -177,26 +178,19 @@ def _class_bars(names: list[str], rows: list[list[Any]]) -> Any:
 def _overlay_figure(
     chosen: list[tuple[float, str, torch.Tensor, torch.Tensor, torch.Tensor]], colours: np.ndarray, title: str
 ) -> Any:
+    """Rows of image | ground truth | prediction (tinted with ``colours``, on the [0, 1] scale) | errors (red)."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(len(chosen), 4, figsize=(12, 3.1 * len(chosen)), squeeze=False)
     for row, (score, name, image, mask, pred) in zip(axes, chosen, strict=True):
         shown = display_image(image)
         base = np.repeat(shown[..., None], 3, axis=-1) if shown.ndim == 2 else shown
-
-        def tint(classes: torch.Tensor, base: np.ndarray = base) -> np.ndarray:
-            c = classes.numpy()
-            out = base.copy()
-            on = c > 0
-            out[on] = 0.55 * out[on] + 0.45 * colours[c[on]] / 255.0
-            return out
-
         errors = base.copy()
         wrong = (pred != mask).numpy()
         errors[wrong] = [1.0, 0.0, 0.0]
         for ax, panel, caption in zip(
             row,
-            (base, tint(mask), tint(pred), errors),
+            (base, tint(base, mask.numpy(), colours), tint(base, pred.numpy(), colours), errors),
             (f"{name} (mean IoU {score:.3f})", "ground truth", "prediction", "errors"),
             strict=True,
         ):

@@ -1,13 +1,17 @@
 """Generative models: autoencoders (plain, convolutional, denoising; anomaly scores), the VAE,
-GAN and DCGAN, and sample-quality metrics (FID with a pluggable feature extractor, the 1-NN test)."""
+GAN and DCGAN, and sample-quality metrics (FID with a pluggable feature extractor, the 1-NN test).
 
+The networks are in :mod:`zoo.generative.models` (registry family ``"generative"``); the training script of the
+FID feature classifier is ``python -m zoo.generative.features`` (not imported here: it needs the datamodules).
+"""
+
+from zoo.core.reliability import NonFiniteLossError
 from zoo.generative.autoencoder import AutoEncoder, DenoisingAutoEncoder
-from zoo.generative.base import GenerativeModule, WrongCheckpointError
-from zoo.generative.features import ClassifierFeatures, InceptionFeatures, train_feature_classifier
+from zoo.generative.base import GenerativeModule
+from zoo.generative.features import ClassifierFeatures, InceptionFeatures
 from zoo.generative.gan import DCGAN, GAN
 from zoo.generative.metrics import (
     FeatureShapeError,
-    NonFiniteLossError,
     SingularCovarianceError,
     fid,
     frechet_distance,
@@ -27,11 +31,9 @@ __all__ = [
     "InceptionFeatures",
     "NonFiniteLossError",
     "SingularCovarianceError",
-    "WrongCheckpointError",
     "fid",
     "frechet_distance",
     "kl_divergence",
     "one_nn_accuracy",
     "reparameterize",
-    "train_feature_classifier",
 ]

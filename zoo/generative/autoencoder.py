@@ -1,124 +1,26 @@
 """Autoencoders: fully connected and convolutional, denoising (Vincent et al. 2008), and anomaly
 scoring by reconstruction error.
 
-The networks (:class:`MLPEncoder`, :class:`MLPDecoder`, :class:`ConvEncoder`, :class:`ConvDecoder`)
-are plain ``nn.Module``s shared with the VAE; :class:`AutoEncoder` and
-:class:`DenoisingAutoEncoder` are the LightningModules.
+The networks (``autoencoder_mlp``, ``autoencoder_conv`` in :mod:`zoo.generative.models.autoencoder`, shared
+with the VAE) are plain ``nn.Module``s in the registry; :class:`AutoEncoder` and :class:`DenoisingAutoEncoder`
+are the LightningModules.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
-from pytorch_lightning.cli import OptimizerCallable
 from torchmetrics.classification import BinaryAUROC
 
-from zoo.generative.base import GenerativeModule, ImageRange
-from zoo.utils.optim import as_factory, build_optimizers, plain_factory_hparams
-
-Arch = Literal["mlp", "conv"]
+from zoo.generative.base import GenerativeModule, network_part
 
 
-# -- networks ----------------------------------------------------------------------------------------
-class MLPEncoder(nn.Module):
-    """Flattened image -> hidden layers (ReLU) -> ``out_features`` (input -> 256 -> 128 -> latent)."""
-
-    def __init__(
-        self, in_channels: int, image_size: int, out_features: int, hidden: Sequence[int] = (256, 128)
-    ) -> None:
-        super().__init__()
-        layers: list[nn.Module] = [nn.Flatten()]
-        width = in_channels * image_size * image_size
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
-            width = h
-        layers.append(nn.Linear(width, out_features))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images)
-
-
-class MLPDecoder(nn.Module):
-    """Latent -> hidden layers in reverse (128 -> 256) -> image logits ``(N, C, H, W)``."""
-
-    def __init__(self, in_channels: int, image_size: int, latent_dim: int, hidden: Sequence[int] = (256, 128)) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        width = latent_dim
-        for h in reversed(hidden):
-            layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
-            width = h
-        layers.append(nn.Linear(width, in_channels * image_size * image_size))
-        self.net = nn.Sequential(*layers)
-        self.shape = (in_channels, image_size, image_size)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z).view(len(z), *self.shape)
-
-
-def _check_conv_size(image_size: int) -> None:
-    if image_size % 4:
-        raise ValueError(
-            f"the convolutional encoder/decoder halves the image twice: image_size must be a multiple of 4, "
-            f"got {image_size}. Fix: pad or resize the images, or use arch='mlp'."
-        )
-
-
-class ConvEncoder(nn.Module):
-    """Two stride-2 4x4 convolutions (28 -> 14 -> 7) with ReLU, then a linear layer to ``out_features``."""
-
-    def __init__(
-        self, in_channels: int, image_size: int, out_features: int, channels: Sequence[int] = (32, 64)
-    ) -> None:
-        super().__init__()
-        _check_conv_size(image_size)
-        c1, c2 = channels
-        self.net = nn.Sequential(
-            nn.Conv2d(in_channels, c1, 4, stride=2, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(c1, c2, 4, stride=2, padding=1), nn.ReLU(inplace=True),
-            nn.Flatten(), nn.Linear(c2 * (image_size // 4) ** 2, out_features),
-        )
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images)
-
-
-class ConvDecoder(nn.Module):
-    """The mirror of :class:`ConvEncoder`: linear to a 7x7 map, two stride-2 transposed convolutions."""
-
-    def __init__(self, in_channels: int, image_size: int, latent_dim: int, channels: Sequence[int] = (32, 64)) -> None:
-        super().__init__()
-        _check_conv_size(image_size)
-        c1, c2 = channels
-        self.grid = image_size // 4
-        self.c2 = c2
-        self.project = nn.Sequential(nn.Linear(latent_dim, c2 * self.grid**2), nn.ReLU(inplace=True))
-        self.net = nn.Sequential(
-            nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1), nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(c1, in_channels, 4, stride=2, padding=1),
-        )
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(self.project(z).view(len(z), self.c2, self.grid, self.grid))
-
-
-def build_encoder_decoder(
-    arch: Arch, in_channels: int, image_size: int, latent_dim: int, encoder_out: int,
-    hidden_dims: Sequence[int], conv_channels: Sequence[int],
-) -> tuple[nn.Module, nn.Module]:
-    """An encoder to ``encoder_out`` features and a decoder from ``latent_dim`` to image logits."""
-    if arch == "mlp":
-        return (MLPEncoder(in_channels, image_size, encoder_out, hidden_dims),
-                MLPDecoder(in_channels, image_size, latent_dim, hidden_dims))
-    if arch == "conv":
-        return (ConvEncoder(in_channels, image_size, encoder_out, conv_channels),
-                ConvDecoder(in_channels, image_size, latent_dim, conv_channels))
-    raise ValueError(f"arch must be 'mlp' or 'conv', got {arch!r}")
+def check_loss_range(loss: str, image_range: str) -> None:
+    """``bce`` models pixel values as Bernoulli probabilities: images in [0, 1] only."""
+    if loss == "bce" and image_range != "unit":
+        raise ValueError("loss='bce' needs images in [0, 1] (image_range='unit'); use loss='mse' for [-1, 1]")
 
 
 def output_activation(logits: torch.Tensor, image_range: str) -> torch.Tensor:
@@ -148,46 +50,41 @@ class AutoEncoder(GenerativeModule):
     ``test/auroc`` measure how well it separates the held-out class from the others.
 
     Args:
-        arch: ``mlp`` (input -> 256 -> 128 -> latent and back; ``hidden_dims``) or ``conv``.
+        network: a registered autoencoder network: ``autoencoder_mlp`` (input -> 256 -> 128 -> latent and back;
+            ``hidden_dims``) or ``autoencoder_conv`` (``conv_channels``).
         latent_dim: size of the code z.
-        hidden_dims: widths of the fully connected encoder (the decoder mirrors them).
-        conv_channels: channels of the two convolutional stages.
+        hidden_dims: widths of the fully connected encoder (the decoder mirrors them); None: 256, 128.
+        conv_channels: channels of the two convolutional stages; None: 32, 64.
         loss: ``bce`` (images in [0, 1] only) or ``mse``; see :func:`reconstruction_loss`.
         anomaly_class: the class treated as anomalous; default: the datamodule's ``anomaly_class``.
-        optimizer: any ``torch.optim`` class with its arguments.
-        in_channels, image_size, image_range, metric_samples, fid_classifier, fid_inception_weights:
-            see :class:`zoo.generative.base.GenerativeModule`.
+        in_channels, image_size, image_range, metric_samples, fid_classifier, fid_inception_weights,
+            network_kwargs, optimizer, lr_scheduler, lr_scheduler_interval: see
+            :class:`zoo.generative.base.GenerativeModule`.
     """
+
+    network_kind = "autoencoder"
+    arch_networks = {"mlp": "autoencoder_mlp", "conv": "autoencoder_conv"}
+    network_options = ("hidden_dims", "conv_channels")
+    encoder = network_part("encoder")
+    decoder = network_part("decoder")
 
     def __init__(
         self,
-        arch: Arch = "mlp",
+        network: str = "autoencoder_mlp",
         latent_dim: int = 32,
         hidden_dims: list[int] | None = None,
         conv_channels: list[int] | None = None,
         loss: Literal["bce", "mse"] = "bce",
         anomaly_class: int | None = None,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        in_channels: int = 1,
-        image_size: int = 28,
-        image_range: ImageRange = "unit",
-        metric_samples: int = 1000,
-        fid_classifier: str | None = None,
-        fid_inception_weights: str | None = None,
-        num_classes: int | None = None,
-        class_names: list[str] | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(in_channels, image_size, image_range, metric_samples, fid_classifier, fid_inception_weights)
-        self.save_hyperparameters()
-        plain_factory_hparams(self.hparams, ("optimizer",))
-        if loss == "bce" and image_range != "unit":
-            raise ValueError("loss='bce' needs images in [0, 1] (image_range='unit'); use loss='mse' for [-1, 1]")
+        super().__init__(**kwargs)
+        check_loss_range(loss, self.image_range)
         self.latent_dim = latent_dim
         self.loss_kind = loss
         self.anomaly_class = anomaly_class
-        self.optimizer_factory = as_factory(optimizer)
-        self.encoder, self.decoder = build_encoder_decoder(
-            arch, in_channels, image_size, latent_dim, latent_dim, hidden_dims or [256, 128], conv_channels or [32, 64]
+        self.net = self.build_generative_network(
+            network, latent_dim, hidden_dims=hidden_dims, conv_channels=conv_channels
         )
         self.val_auroc = BinaryAUROC()
         self.test_auroc = BinaryAUROC()
@@ -223,6 +120,7 @@ class AutoEncoder(GenerativeModule):
 
     # -- loops -----------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         from_data = getattr(datamodule, "anomaly_class", None)
         if from_data is not None:
@@ -292,8 +190,6 @@ class AutoEncoder(GenerativeModule):
         interleaved = [row[i : i + 8] for i in range(0, len(images), 8) for row in rows]
         return {"reconstructions": self.to_unit(torch.cat(interleaved)).clamp(0, 1)}
 
-    def configure_optimizers(self) -> Any:
-        return build_optimizers(self.parameters(), self.optimizer_factory, None, total_steps=lambda: 0)
 
 
 class DenoisingAutoEncoder(AutoEncoder):
@@ -315,26 +211,9 @@ class DenoisingAutoEncoder(AutoEncoder):
         noise: Literal["gaussian", "mask"] = "gaussian",
         noise_std: float = 0.3,
         mask_fraction: float = 0.3,
-        arch: Arch = "mlp",
-        latent_dim: int = 32,
-        hidden_dims: list[int] | None = None,
-        conv_channels: list[int] | None = None,
-        loss: Literal["bce", "mse"] = "bce",
-        anomaly_class: int | None = None,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        in_channels: int = 1,
-        image_size: int = 28,
-        image_range: ImageRange = "unit",
-        metric_samples: int = 1000,
-        fid_classifier: str | None = None,
-        fid_inception_weights: str | None = None,
-        num_classes: int | None = None,
-        class_names: list[str] | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            arch, latent_dim, hidden_dims, conv_channels, loss, anomaly_class, optimizer, in_channels, image_size,
-            image_range, metric_samples, fid_classifier, fid_inception_weights, num_classes, class_names,
-        )
+        super().__init__(**kwargs)
         if noise not in ("gaussian", "mask"):
             raise ValueError(f"noise must be 'gaussian' or 'mask', got {noise!r}")
         if not 0 <= mask_fraction < 1:

@@ -1,6 +1,7 @@
-"""What every generative LightningModule of the zoo shares: the image range, input checks,
-checkpoint type checks, sample-quality metrics at validation end (FID and the 1-NN test), sample-weighted
-evaluation losses and the NaN-loss stop.
+"""What every generative LightningModule of the zoo shares (on top of :class:`zoo.core.module.ZooModule`): the
+image range, the network from the ``generative`` registry family, input checks, the reading of older checkpoints,
+sample-quality metrics at validation end (FID and the 1-NN test), sample-weighted evaluation losses and the
+NaN-loss stop.
 
 Evaluation gives the same numbers on any number of processes (Lightning's DDP with the zoo's
 :class:`datamodules.distributed.EverySampleOnceSampler`, which splits the evaluation set without
@@ -20,27 +21,27 @@ repeating a sample):
 
 from __future__ import annotations
 
-import importlib
+import inspect
+import logging
 import math
-from pathlib import Path
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
 import pytorch_lightning as pl
 import torch
 import torch.nn as nn
+from pytorch_lightning.cli import OptimizerCallable
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torch.utils.data import DistributedSampler, SequentialSampler
 from torchmetrics import MeanMetric
 
-from zoo.generative.metrics import (
-    FeatureExtractor,
-    check_finite_losses,
-    extract_features,
-    frechet_distance,
-    one_nn_accuracy,
-)
-from zoo.utils.checkpoint import ZooCheckpointMixin, checkpoint_model_class
-from zoo.utils.checks import release_inference_metric_states
+from zoo.core.checkpoint import CheckpointError
+from zoo.core.module import ZooModule
+from zoo.core.registry import get_model_entry
+from zoo.core.reliability import check_finite_losses
+from zoo.generative.metrics import FeatureExtractor, extract_features, frechet_distance, one_nn_accuracy
+
+log = logging.getLogger(__name__)
 
 ImageRange = Literal["unit", "symmetric"]
 RANGES: dict[str, tuple[float, float]] = {"unit": (0.0, 1.0), "symmetric": (-1.0, 1.0)}
@@ -67,51 +68,18 @@ def _unique_by_id(ids: torch.Tensor, rows: torch.Tensor, limit: int | None = Non
     return ids, rows[order.to(rows.device)]
 
 
-class WrongCheckpointError(TypeError):
-    """A checkpoint written by another kind of model than the one asked to load it."""
+def network_part(name: str) -> property:
+    """A read-only attribute for ``self.net.<name>`` (``encoder``, ``generator``, ...): the part is registered once,
+    under ``net``, so that its weights appear once in the state dict (``net.<name>.*``)."""
+    return property(lambda self: getattr(self.net, name), doc=f"The network's {name} (``self.net.{name}``).")
 
 
-def _resolve(class_path: str) -> type | None:
-    module_name, _, name = class_path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module_name), name, None)
-    except ImportError:
-        return None
-
-
-def check_checkpoint_class(path: str | Path, expected: type | str, unknown_ok: bool = True) -> None:
-    """Raise :class:`WrongCheckpointError` naming the file, its model type and the fix when the
-    checkpoint at ``path`` was written by another LightningModule class than ``expected``.
-
-    A checkpoint that does not name its writer passes when ``unknown_ok``. LightningCLI would
-    otherwise silently switch ``model.class_path`` to the checkpoint's class on ``--ckpt_path``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    expected_cls = _resolve(expected) if isinstance(expected, str) else expected
-    expected_name = expected if isinstance(expected, str) else f"{expected.__module__}.{expected.__qualname__}"
-    written_by = checkpoint_model_class(checkpoint)
-    if written_by is None:
-        if unknown_ok:
-            return
-        hparams = checkpoint.get("hyper_parameters") or {}
-        hint = f" (its hyperparameters name backbone={hparams['backbone']!r})" if "backbone" in hparams else ""
-        written_by = f"a model that does not record its class{hint}"
-    elif expected_cls is not None and _resolve(written_by) is expected_cls or written_by == expected_name:
-        return
-    raise WrongCheckpointError(
-        f"{path} was written by {written_by}, not by {expected_name}. Fix: use the config (model.class_path) "
-        f"of the model that wrote it, or a {expected_name.rpartition('.')[2]} checkpoint."
-    )
-
-
-class GenerativeModule(ZooCheckpointMixin, pl.LightningModule):
-    """Base of ``AutoEncoder``, ``VAE`` and ``GAN``.
+class GenerativeModule(ZooModule):
+    """Base of ``AutoEncoder``, ``VAE`` and ``GAN``: a :class:`~zoo.core.module.ZooModule` of the ``generative``
+    registry family (the optimizer, the scheduler, checkpoints and the fit check come from there).
 
     Args:
-        in_channels: image channels (linked from the datamodule by ``train.py``).
+        in_channels: image channels (``train.py`` links the datamodule's; checked against it otherwise).
         image_size: height = width of the images (28 for MNIST).
         image_range: ``unit`` ([0, 1], sigmoid output) or ``symmetric`` ([-1, 1], tanh output);
             set the datamodule's ``normalization`` to the same value.
@@ -122,13 +90,21 @@ class GenerativeModule(ZooCheckpointMixin, pl.LightningModule):
             it (and without ``fid_inception_weights``) FID is skipped and the 1-NN test runs on pixels.
         fid_inception_weights: path of local Inception v3 FID weights: torchmetrics' Inception
             features instead (needs ``torch-fidelity``).
+        network_kwargs: other keyword arguments of the network's builder (e.g. ``gan_mlp``'s ``dropout``);
+            not those the model takes itself (``in_channels``, ``image_size``, ``latent_dim``, the width arguments).
+        optimizer: any ``torch.optim`` class with its arguments (default Adam).
+        lr_scheduler, lr_scheduler_interval: see :class:`zoo.core.module.ZooModule`.
 
-    Every subclass also takes ``num_classes`` and ``class_names``: ``train.py`` links them from the
-    datamodule to every model (and a checkpoint's hyperparameters carry them back on ``predict`` /
-    ``validate --ckpt_path``); generative models do not use them.
+    Checkpoints of the code before the registry (hyperparameter ``arch``, ``num_classes``, ``class_names``; the
+    network's parts at the top of the state dict) load: :meth:`migrate_hyperparameters`, :meth:`on_load_checkpoint`.
     """
 
+    family = "generative"
     can_sample = False  # models with a prior / generator set this: FID and 1-NN at validation end
+    network_kind: ClassVar[str] = ""  # the ``kind`` of network the subclass needs: autoencoder, vae, gan
+    arch_networks: ClassVar[Mapping[str, str]] = {}  # older ``arch`` values -> registered network names
+    network_options: ClassVar[tuple[str, ...]] = ()  # init arguments passed on to the network's builder
+    removed_arguments: ClassVar[tuple[str, ...]] = ("num_classes", "class_names")  # dropped from older checkpoints
 
     def __init__(
         self,
@@ -138,8 +114,11 @@ class GenerativeModule(ZooCheckpointMixin, pl.LightningModule):
         metric_samples: int = 1000,
         fid_classifier: str | None = None,
         fid_inception_weights: str | None = None,
+        network_kwargs: dict[str, Any] | None = None,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
+        super().__init__(optimizer=optimizer, **kwargs)
         if image_range not in RANGES:
             raise ValueError(f"image_range must be 'unit' or 'symmetric', got {image_range!r}")
         self.in_channels = in_channels
@@ -148,6 +127,7 @@ class GenerativeModule(ZooCheckpointMixin, pl.LightningModule):
         self.metric_samples = metric_samples
         self.fid_classifier = fid_classifier
         self.fid_inception_weights = fid_inception_weights
+        self.network_kwargs = dict(network_kwargs or {})
         self._checked_stages: set[str] = set()
         self._val_real: list[tuple[torch.Tensor, torch.Tensor]] = []  # (dataset indices, images in [0, 1])
         self._eval_ids: torch.Tensor | None = None  # dataset indices this process evaluates, in order
@@ -155,6 +135,73 @@ class GenerativeModule(ZooCheckpointMixin, pl.LightningModule):
         self.eval_means = nn.ModuleDict()  # stage -> name -> MeanMetric (see init_eval_means)
         # Not a submodule: the extractor's weights belong to its own checkpoint, not to this model's.
         self.__dict__["_extractor"] = None
+
+    # -- the network -----------------------------------------------------------------------------------
+    def build_generative_network(self, network: str, latent_dim: int, **options: Any) -> nn.Module:
+        """The registered ``network`` for this model's images (``in_channels``, ``image_size``) and ``latent_dim``,
+        with ``network_kwargs``; ``options`` (the width arguments) left at None take the builder's defaults. The
+        network must be of this class's ``network_kind``."""
+        own = {"in_channels", "image_size", "latent_dim", *options}
+        if own & set(self.network_kwargs):
+            raise ValueError(
+                f"network_kwargs must not set {sorted(own & set(self.network_kwargs))}: they are arguments of "
+                f"{type(self).__name__} (set them there)."
+            )
+        given = {name: value for name, value in options.items() if value is not None}
+        net = self.build_network(
+            network, in_channels=self.in_channels, image_size=self.image_size, latent_dim=latent_dim,
+            **given, **self.network_kwargs,
+        )
+        kind = getattr(net, "kind", None)
+        if kind != self.network_kind:
+            raise ValueError(
+                f"network {network!r} builds networks of kind {kind!r}, but {type(self).__name__} needs kind "
+                f"{self.network_kind!r}. Fix: pick a generative network of that kind (zoo.list_models(family="
+                f"'generative') lists them; the default is {self.default_network()!r})."
+            )
+        return net
+
+    @classmethod
+    def default_network(cls) -> str | None:
+        """The default of the ``network`` argument."""
+        parameter = inspect.signature(cls.__init__).parameters.get("network")
+        return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
+
+    # -- older checkpoints -----------------------------------------------------------------------------
+    @classmethod
+    def migrate_hyperparameters(cls, hparams: Mapping[str, Any]) -> dict[str, Any]:
+        """Hyperparameters of an older checkpoint as ``__init__`` takes them now: ``arch`` (``mlp``, ``conv``)
+        becomes the registered ``network`` (:attr:`arch_networks`), the width arguments the old ``arch`` ignored
+        are dropped, and so are ``num_classes`` / ``class_names`` (never used by a generative model)."""
+        out = super().migrate_hyperparameters(hparams)
+        for name in cls.removed_arguments:
+            out.pop(name, None)
+        if "arch" in out and "network" not in out:
+            arch = out.pop("arch")
+            if arch not in cls.arch_networks:
+                raise CheckpointError(
+                    f"this checkpoint's arch={arch!r} has no {cls.__name__} network; known: "
+                    f"{dict(cls.arch_networks)}. Fix: retrain with the current code."
+                )
+            out["network"] = cls.arch_networks[arch]
+            takes = set(get_model_entry(out["network"], cls.family).parameters)
+            for name in cls.network_options:
+                if name not in takes:
+                    out.pop(name, None)
+            log.info("%s: checkpoint arch=%r read as network=%r", cls.__name__, arch, out["network"])
+        return out
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The class check (:class:`~zoo.core.module.ZooModule`), then the state dict of an older checkpoint,
+        whose network parts were top-level (``encoder.*``), renamed to where they are now (``net.encoder.*``)."""
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("state_dict")
+        prefixes = tuple(f"{part}." for part, _ in self.net.named_children())  # encoder., decoder. / generator., ...
+        if state and prefixes and any(key.startswith(prefixes) for key in state):
+            checkpoint["state_dict"] = type(state)(
+                (f"net.{key}" if key.startswith(prefixes) else key, value) for key, value in state.items()
+            )
+            log.info("%s: state-dict keys %s* of an older checkpoint read as net.*", type(self).__name__, prefixes)
 
     # -- image range ---------------------------------------------------------------------------------
     def to_unit(self, images: torch.Tensor) -> torch.Tensor:
@@ -199,29 +246,6 @@ class GenerativeModule(ZooCheckpointMixin, pl.LightningModule):
         """Stop with the step and every loss value when a loss is NaN or infinite."""
         check_finite_losses(losses, self.global_step, self.current_epoch)
 
-    @classmethod
-    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        """Lightning's ``load_from_checkpoint``, after checking that the file holds this model type."""
-        if isinstance(checkpoint_path, (str, Path)):
-            check_checkpoint_class(checkpoint_path, cls, unknown_ok=False)
-        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Called before the state dict is loaded (Trainer ckpt_path and load_from_checkpoint alike):
-        # a checkpoint of another model fails here with its type named, not with a key mismatch.
-        written_by = checkpoint_model_class(checkpoint)
-        wanted = f"{type(self).__module__}.{type(self).__qualname__}"
-        if written_by is not None and (written_by == wanted or _resolve(written_by) is type(self)):
-            return
-        if written_by is None:
-            hparams = checkpoint.get("hyper_parameters") or {}
-            hint = f" (its hyperparameters name backbone={hparams['backbone']!r})" if "backbone" in hparams else ""
-            written_by = f"a model that is not a zoo generative model{hint}"
-        raise WrongCheckpointError(
-            f"This checkpoint was written by {written_by}, but it is being loaded into {wanted}. Fix: use the "
-            f"config (model.class_path) of the model that wrote it, or a {type(self).__name__} checkpoint."
-        )
-
     # -- sample quality ------------------------------------------------------------------------------
     def feature_extractor(self) -> FeatureExtractor | None:
         """The FID feature extractor named by ``fid_classifier`` / ``fid_inception_weights`` (or None)."""
@@ -232,7 +256,7 @@ class GenerativeModule(ZooCheckpointMixin, pl.LightningModule):
                 self.__dict__["_extractor"] = InceptionFeatures(self.fid_inception_weights)
             else:
                 self.__dict__["_extractor"] = ClassifierFeatures.from_checkpoint(self.fid_classifier)
-        if self._extractor is not None:
+        if isinstance(self._extractor, nn.Module):  # any callable may be set (set_feature_extractor)
             self._extractor.to(self.device)
         return self._extractor
 
@@ -341,8 +365,7 @@ class GenerativeModule(ZooCheckpointMixin, pl.LightningModule):
         return None
 
     def start_evaluation(self, stage: str) -> None:
-        """Called at the start of every validation / test epoch."""
-        release_inference_metric_states(self)  # the loss means of a past trainer.validate/test (inference mode)
+        """Called at the start of every validation / test epoch (after the base's metric-state reset)."""
         self._val_real = []
         self._eval_seen = 0
         self._eval_ids = self._loader_indices(stage)
@@ -396,9 +419,11 @@ class GenerativeModule(ZooCheckpointMixin, pl.LightningModule):
 
     # -- shared loop pieces ------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()
         self.start_evaluation("val")
 
     def on_test_epoch_start(self) -> None:
+        super().on_test_epoch_start()
         self.start_evaluation("test")
 
     def on_validation_epoch_end(self) -> None:

@@ -1,125 +1,26 @@
 """Generative adversarial networks: the fully connected GAN (Goodfellow et al. 2014) and DCGAN
 (Radford, Metz, Chintala 2016), trained with the alternating updates of Goodfellow et al.'s
-Algorithm 1 through Lightning's manual optimisation."""
+Algorithm 1 through Lightning's manual optimisation. The networks (``gan_mlp``, ``dcgan``) are in
+:mod:`zoo.generative.models`."""
 
 from __future__ import annotations
 
-import functools
-from typing import Any, Literal
+import math
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from pytorch_lightning.cli import OptimizerCallable
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from zoo.generative.base import GenerativeModule, ImageRange
-from zoo.utils.optim import as_factory, plain_factory_hparams
+from zoo.core.optim import as_factory, build_optimizers
+from zoo.generative.base import GenerativeModule, ImageRange, network_part
 
 # Radford et al. 2016, sec. 4: lr 2e-4 and beta1 0.5 (0.9 oscillated); also the usual choice for the MLP GAN.
-DCGAN_ADAM = functools.partial(torch.optim.Adam, lr=2e-4, betas=(0.5, 0.999))
-
-
-# -- networks ----------------------------------------------------------------------------------------
-class MLPGenerator(nn.Module):
-    """z -> 256 -> 512 -> 1024 -> image, LeakyReLU(0.2), tanh output.
-
-    Goodfellow et al. 2014 used ReLU/sigmoid generators and maxout discriminators with dropout
-    (sec. 5); LeakyReLU and a tanh output on [-1, 1] images are the common modern substitute.
-    """
-
-    def __init__(self, latent_dim: int, in_channels: int, image_size: int, hidden: tuple[int, ...] = (256, 512, 1024)):
-        super().__init__()
-        layers: list[nn.Module] = []
-        width = latent_dim
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.LeakyReLU(0.2, inplace=True)]
-            width = h
-        layers += [nn.Linear(width, in_channels * image_size * image_size), nn.Tanh()]
-        self.net = nn.Sequential(*layers)
-        self.shape = (in_channels, image_size, image_size)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z).view(len(z), *self.shape)
-
-
-class MLPDiscriminator(nn.Module):
-    """image -> 512 -> 256 -> 1 logit, LeakyReLU(0.2) and dropout 0.3 (the paper's dropout, sec. 5)."""
-
-    def __init__(self, in_channels: int, image_size: int, hidden: tuple[int, ...] = (512, 256), dropout: float = 0.3):
-        super().__init__()
-        layers: list[nn.Module] = [nn.Flatten()]
-        width = in_channels * image_size * image_size
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.LeakyReLU(0.2, inplace=True), nn.Dropout(dropout)]
-            width = h
-        layers.append(nn.Linear(width, 1))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images).squeeze(1)
-
-
-class DCGANGenerator(nn.Module):
-    """DCGAN's generator (Radford et al. 2016, sec. 3 and fig. 1) scaled to 28x28: project z to a
-    ``2w x 7 x 7`` map, then fractionally strided 4x4 convolutions 7 -> 14 -> 28; batch norm and
-    ReLU everywhere except the tanh output layer.
-
-    ``extra_layers`` adds that many 3x3 stride-1 convolutions (``w`` channels, batch norm, ReLU) at
-    14x14, before the output layer: the ``n_extra_layers`` of the DCGAN generator in Arjovsky et al.'s
-    WGAN code, more depth without more resolution."""
-
-    def __init__(
-        self, latent_dim: int, in_channels: int, image_size: int, width: int = 64, extra_layers: int = 0
-    ) -> None:
-        super().__init__()
-        if image_size % 4:
-            raise ValueError(f"DCGAN upsamples twice: image_size must be a multiple of 4, got {image_size}")
-        if extra_layers < 0:
-            raise ValueError(f"extra_layers counts added 3x3 layers: 0 or more, got {extra_layers}")
-        self.grid, self.channels = image_size // 4, 2 * width
-        self.project = nn.Sequential(
-            nn.Linear(latent_dim, self.channels * self.grid**2, bias=False),
-            nn.BatchNorm1d(self.channels * self.grid**2), nn.ReLU(inplace=True),
-        )
-        self.net = nn.Sequential(
-            nn.ConvTranspose2d(self.channels, width, 4, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-            *[layer for _ in range(extra_layers) for layer in (
-                nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))],
-            nn.ConvTranspose2d(width, in_channels, 4, stride=2, padding=1), nn.Tanh(),
-        )
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(self.project(z).view(len(z), self.channels, self.grid, self.grid))
-
-
-class DCGANDiscriminator(nn.Module):
-    """DCGAN's discriminator: strided 4x4 convolutions (no pooling) 28 -> 14 -> 7, LeakyReLU(0.2),
-    batch norm on every layer but the first (Radford et al. 2016, sec. 3), a linear logit."""
-
-    def __init__(self, in_channels: int, image_size: int, width: int = 64) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(in_channels, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(2 * width), nn.LeakyReLU(0.2, inplace=True),
-            nn.Flatten(), nn.Linear(2 * width * (image_size // 4) ** 2, 1),
-        )
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images).squeeze(1)
-
-
-def dcgan_init(module: nn.Module) -> None:
-    """Weights from N(0, 0.02); batch-norm scales from N(1, 0.02) (Radford et al. 2016, sec. 4)."""
-    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-        nn.init.normal_(module.weight, 0.0, 0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        nn.init.normal_(module.weight, 1.0, 0.02)
-        nn.init.zeros_(module.bias)
+# As the spec YAML holds (not a partial): LightningCLI can then write the default into a run's config.yaml.
+DCGAN_ADAM: Any = {"class_path": "torch.optim.Adam", "init_args": {"lr": 2e-4, "betas": (0.5, 0.999)}}
 
 
 # -- LightningModule -----------------------------------------------------------------------------------
@@ -145,44 +46,53 @@ class GAN(GenerativeModule):
     real / fake), and at validation end FID and the 1-NN accuracy; a fixed noise batch
     (``fixed_noise``) gives the per-epoch sample grid.
 
+    A learning-rate schedule (``lr_scheduler``) applies to both optimizers, each with its own scheduler; under
+    manual optimisation Lightning does not step schedulers, so this module steps them: after every training batch
+    (``lr_scheduler_interval`` ``step``; ``auto`` for OneCycleLR / CyclicLR, whose ``total_steps`` is the number
+    of training batches) or at the end of every training epoch (``epoch``; ``ReduceLROnPlateau`` watches
+    :attr:`monitor`, ``val/fid``).
+
     Args:
-        arch: ``mlp`` (Goodfellow et al. 2014) or ``conv`` (DCGAN).
+        network: a registered GAN network: ``gan_mlp`` (Goodfellow et al. 2014) or ``dcgan``.
         latent_dim: size of z ~ N(0, I).
-        width: base width of the DCGAN networks (``conv`` only).
-        generator_extra_layers: 3x3 stride-1 layers added to the DCGAN generator (``conv`` only; see
-            :class:`DCGANGenerator`).
+        width: base width of the DCGAN networks (``dcgan`` only; None: 64).
+        generator_extra_layers: 3x3 stride-1 layers added to the DCGAN generator (``dcgan`` only; see
+            :class:`zoo.generative.models.DCGANGenerator`; None: 0).
         label_smoothing, label_noise, generator_ema: see above (``generator_ema`` None: sample from the
             generator itself, as in the papers).
-        generator_optimizer, discriminator_optimizer: any ``torch.optim`` class with its arguments.
-        in_channels, image_size, image_range, metric_samples, fid_classifier, fid_inception_weights:
-            see :class:`zoo.generative.base.GenerativeModule`; a GAN's images are in [-1, 1].
+        optimizer: the optimizer of both networks (any ``torch.optim`` class with its arguments; default Adam with
+            DCGAN's lr 2e-4, beta1 0.5).
+        generator_optimizer, discriminator_optimizer: another optimizer for that network (None: ``optimizer``).
+        image_range: ``symmetric`` (the generators end in tanh).
+        in_channels, image_size, metric_samples, fid_classifier, fid_inception_weights, network_kwargs,
+            lr_scheduler, lr_scheduler_interval: see :class:`zoo.generative.base.GenerativeModule`.
     """
 
     can_sample = True
+    monitor = "val/fid"  # what ReduceLROnPlateau watches
+    steps_per_batch = 2  # optimizer steps per training batch (the trainer's global_step and max_steps count them)
+    network_kind = "gan"
+    arch_networks = {"mlp": "gan_mlp", "conv": "dcgan"}
+    network_options = ("width", "generator_extra_layers")
+    generator = network_part("generator")
+    discriminator = network_part("discriminator")
 
     def __init__(
         self,
-        arch: Literal["mlp", "conv"] = "mlp",
+        network: str = "gan_mlp",
         latent_dim: int = 64,
-        width: int = 64,
+        width: int | None = None,
         label_smoothing: float = 0.0,
         label_noise: float = 0.0,
         generator_ema: float | None = None,
-        generator_extra_layers: int = 0,
-        generator_optimizer: OptimizerCallable = DCGAN_ADAM,
-        discriminator_optimizer: OptimizerCallable = DCGAN_ADAM,
-        in_channels: int = 1,
-        image_size: int = 28,
+        generator_extra_layers: int | None = None,
+        optimizer: OptimizerCallable = DCGAN_ADAM,
+        generator_optimizer: OptimizerCallable | None = None,
+        discriminator_optimizer: OptimizerCallable | None = None,
         image_range: ImageRange = "symmetric",
-        metric_samples: int = 1000,
-        fid_classifier: str | None = None,
-        fid_inception_weights: str | None = None,
-        num_classes: int | None = None,
-        class_names: list[str] | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(in_channels, image_size, image_range, metric_samples, fid_classifier, fid_inception_weights)
-        self.save_hyperparameters()
-        plain_factory_hparams(self.hparams, ("generator_optimizer", "discriminator_optimizer"))
+        super().__init__(image_range=image_range, optimizer=optimizer, **kwargs)
         if image_range != "symmetric":
             raise ValueError("the generators end in tanh: image_range must be 'symmetric' (data normalization too)")
         if not 0 <= label_smoothing < 1 or not 0 <= label_noise < 0.5:
@@ -191,18 +101,11 @@ class GAN(GenerativeModule):
             )
         self.automatic_optimization = False  # two optimizers, stepped in turn
         self.latent_dim, self.label_smoothing, self.label_noise = latent_dim, label_smoothing, label_noise
-        self.generator_factory = as_factory(generator_optimizer)
-        self.discriminator_factory = as_factory(discriminator_optimizer)
-        if arch == "mlp":
-            self.generator: nn.Module = MLPGenerator(latent_dim, in_channels, image_size)
-            self.discriminator: nn.Module = MLPDiscriminator(in_channels, image_size)
-        elif arch == "conv":
-            self.generator = DCGANGenerator(latent_dim, in_channels, image_size, width, generator_extra_layers)
-            self.discriminator = DCGANDiscriminator(in_channels, image_size, width)
-            self.generator.apply(dcgan_init)
-            self.discriminator.apply(dcgan_init)
-        else:
-            raise ValueError(f"arch must be 'mlp' or 'conv', got {arch!r}")
+        self.generator_factory = as_factory(generator_optimizer) or self.optimizer_factory
+        self.discriminator_factory = as_factory(discriminator_optimizer) or self.optimizer_factory
+        self.net = self.build_generative_network(
+            network, latent_dim, width=width, generator_extra_layers=generator_extra_layers
+        )
         if generator_ema is not None and not 0 < generator_ema < 1:
             raise ValueError(
                 f"generator_ema is the decay of a moving average: in (0, 1), e.g. 0.999; got {generator_ema}"
@@ -214,6 +117,7 @@ class GAN(GenerativeModule):
                 self.generator, multi_avg_fn=get_ema_multi_avg_fn(generator_ema), use_buffers=True
             ).requires_grad_(False)
         self.register_buffer("fixed_noise", torch.randn(64, latent_dim, generator=torch.Generator().manual_seed(0)))
+        self._scheduler_interval: str | None = None  # "step" / "epoch" once configure_optimizers made schedulers
 
     # -- plain PyTorch use ---------------------------------------------------------------------------
     @property
@@ -290,6 +194,12 @@ class GAN(GenerativeModule):
         if self.generator_ema is not None:
             self.generator_ema.update_parameters(self.generator)
         self.log_dict({f"train/{k}": v for k, v in stats.items()}, prog_bar=True)
+        if self._scheduler_interval == "step":
+            self.step_schedulers()
+
+    def on_train_epoch_end(self) -> None:
+        if self._scheduler_interval == "epoch":
+            self.step_schedulers()
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self.check_batch("val", batch[0])
@@ -313,37 +223,58 @@ class GAN(GenerativeModule):
         self.sampler.train(was_training)
         return {"samples": self.to_unit(images).clamp(0, 1)}
 
+    # -- optimisation --------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        return [self.generator_factory(self.generator.parameters()),
-                self.discriminator_factory(self.discriminator.parameters())]
+        """The generator's and the discriminator's optimizers, in this order, and a scheduler for each when
+        ``lr_scheduler`` is set (stepped by :meth:`step_schedulers`)."""
+        built = [
+            build_optimizers(
+                net.parameters(), factory, self.lr_scheduler_factory, total_steps=self._training_batches,
+                interval=self.lr_scheduler_interval, monitor=self.monitor,
+            )
+            for net, factory in ((self.generator, self.generator_factory),
+                                 (self.discriminator, self.discriminator_factory))
+        ]  # fmt: skip
+        if self.lr_scheduler_factory is None:
+            return built
+        self._scheduler_interval = built[0]["lr_scheduler"]["interval"]
+        return [b["optimizer"] for b in built], [b["lr_scheduler"]["scheduler"] for b in built]
+
+    def _training_batches(self) -> int:
+        """Training batches of the run (what a per-batch schedule such as OneCycleLR spans): the trainer's
+        estimate counts optimizer steps only when ``max_steps`` caps the run, and a batch makes two."""
+        trainer = self.trainer
+        batches = trainer.estimated_stepping_batches
+        if trainer.max_steps != -1:
+            batches = min(batches, math.ceil(trainer.max_steps / self.steps_per_batch))
+        return int(batches)
+
+    def step_schedulers(self) -> None:
+        """Step both learning-rate schedulers (``ReduceLROnPlateau`` with the logged :attr:`monitor`)."""
+        schedulers = self.lr_schedulers()
+        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+            if isinstance(scheduler, ReduceLROnPlateau):
+                value = self.trainer.callback_metrics.get(self.monitor)
+                if value is None:
+                    raise ValueError(
+                        f"ReduceLROnPlateau watches {self.monitor!r}, which {type(self).__name__} has not logged "
+                        f"(logged: {sorted(self.trainer.callback_metrics)}). Fix: set fid_classifier (FID needs a "
+                        "feature extractor) and validate every epoch, or use another scheduler."
+                    )
+                scheduler.step(value)
+            else:
+                scheduler.step()
 
 
 class DCGAN(GAN):
-    """DCGAN (Radford et al. 2016): :class:`GAN` with the convolutional networks, their N(0, 0.02)
-    initialisation and Adam(lr 2e-4, beta1 0.5) for both networks (sec. 4)."""
+    """DCGAN (Radford et al. 2016): :class:`GAN` with the convolutional networks (``dcgan``), their N(0, 0.02)
+    initialisation and Adam(lr 2e-4, beta1 0.5) for both networks (sec. 4).
 
-    def __init__(
-        self,
-        latent_dim: int = 64,
-        width: int = 64,
-        label_smoothing: float = 0.0,
-        label_noise: float = 0.0,
-        generator_ema: float | None = None,
-        generator_extra_layers: int = 0,
-        generator_optimizer: OptimizerCallable = DCGAN_ADAM,
-        discriminator_optimizer: OptimizerCallable = DCGAN_ADAM,
-        in_channels: int = 1,
-        image_size: int = 28,
-        image_range: ImageRange = "symmetric",
-        metric_samples: int = 1000,
-        fid_classifier: str | None = None,
-        fid_inception_weights: str | None = None,
-        num_classes: int | None = None,
-        class_names: list[str] | None = None,
-        arch: Literal["conv"] = "conv",
-    ) -> None:
-        super().__init__(
-            arch, latent_dim, width, label_smoothing, label_noise, generator_ema, generator_extra_layers,
-            generator_optimizer, discriminator_optimizer, in_channels, image_size, image_range, metric_samples,
-            fid_classifier, fid_inception_weights, num_classes, class_names,
-        )
+    Args:
+        network: a registered GAN network (default ``dcgan``); everything else: see :class:`GAN`.
+    """
+
+    arch_networks = {"conv": "dcgan"}
+
+    def __init__(self, network: str = "dcgan", **kwargs: Any) -> None:
+        super().__init__(network=network, **kwargs)

@@ -152,24 +152,3 @@ def one_nn_accuracy(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     distances.fill_diagonal_(float("inf"))  # leave one out: a sample is not its own neighbour
     nearest = distances.argmin(dim=1)
     return (labels[nearest] == labels).float().mean()
-
-
-class NonFiniteLossError(FloatingPointError):
-    """A training loss became NaN or infinite."""
-
-
-def check_finite_losses(losses: dict[str, torch.Tensor], step: int, epoch: int) -> None:
-    """Raise :class:`NonFiniteLossError` naming the step and every loss value when one is not finite.
-
-    Raised inside the training step, before the optimizer step, so the weights are still the last
-    good ones; Lightning's ``ModelCheckpoint`` keeps the last checkpoint it wrote (``last.ckpt``).
-    """
-    values = {name: float(loss.detach()) for name, loss in losses.items()}
-    if all(torch.isfinite(torch.tensor(v)) for v in values.values()):
-        return
-    shown = ", ".join(f"{name}={value:.6g}" for name, value in values.items())
-    raise NonFiniteLossError(
-        f"non-finite training loss at global step {step} (epoch {epoch}): {shown}. Training stopped before this "
-        f"step's update; the last checkpoint written (last.ckpt) holds the last good weights. Fix: lower the "
-        f"learning rate, check the input range (normalization), or clip gradients (trainer.gradient_clip_val)."
-    )

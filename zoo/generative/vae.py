@@ -7,12 +7,10 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from pytorch_lightning.cli import OptimizerCallable
 from torchvision.utils import make_grid
 
-from zoo.generative.autoencoder import Arch, build_encoder_decoder, output_activation, reconstruction_loss
-from zoo.generative.base import GenerativeModule, ImageRange, fixed_normal
-from zoo.utils.optim import as_factory, build_optimizers, plain_factory_hparams
+from zoo.generative.autoencoder import check_loss_range, output_activation, reconstruction_loss
+from zoo.generative.base import GenerativeModule, fixed_normal, network_part
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -42,47 +40,40 @@ class VAE(GenerativeModule):
     number of processes.
 
     Args:
-        arch: ``mlp`` (input -> 256 -> 128 -> 2 x latent) or ``conv`` encoder/decoder.
+        network: a registered VAE network: ``vae_mlp`` (input -> 256 -> 128 -> 2 x latent and back) or
+            ``vae_conv``.
         latent_dim: dimension of z.
         beta: weight of the KL term.
         loss: ``bce`` or ``mse`` reconstruction term.
         hidden_dims, conv_channels: network widths (see :class:`zoo.generative.AutoEncoder`).
-        optimizer: any ``torch.optim`` class with its arguments.
-        in_channels, image_size, image_range, metric_samples, fid_classifier, fid_inception_weights:
-            see :class:`zoo.generative.base.GenerativeModule`.
+        in_channels, image_size, image_range, metric_samples, fid_classifier, fid_inception_weights,
+            network_kwargs, optimizer, lr_scheduler, lr_scheduler_interval: see
+            :class:`zoo.generative.base.GenerativeModule`.
     """
 
     can_sample = True
+    network_kind = "vae"
+    arch_networks = {"mlp": "vae_mlp", "conv": "vae_conv"}
+    network_options = ("hidden_dims", "conv_channels")
+    encoder = network_part("encoder")
+    decoder = network_part("decoder")
 
     def __init__(
         self,
-        arch: Arch = "mlp",
+        network: str = "vae_mlp",
         latent_dim: int = 16,
         beta: float = 1.0,
         loss: Literal["bce", "mse"] = "bce",
         hidden_dims: list[int] | None = None,
         conv_channels: list[int] | None = None,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        in_channels: int = 1,
-        image_size: int = 28,
-        image_range: ImageRange = "unit",
-        metric_samples: int = 1000,
-        fid_classifier: str | None = None,
-        fid_inception_weights: str | None = None,
-        num_classes: int | None = None,
-        class_names: list[str] | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(in_channels, image_size, image_range, metric_samples, fid_classifier, fid_inception_weights)
-        self.save_hyperparameters()
-        plain_factory_hparams(self.hparams, ("optimizer",))
-        if loss == "bce" and image_range != "unit":
-            raise ValueError("loss='bce' needs images in [0, 1] (image_range='unit'); use loss='mse' for [-1, 1]")
+        super().__init__(**kwargs)
+        check_loss_range(loss, self.image_range)
         self.latent_dim, self.beta, self.loss_kind = latent_dim, beta, loss
-        self.optimizer_factory = as_factory(optimizer)
         # The encoder outputs mean and log-variance side by side: 2 x latent_dim features.
-        self.encoder, self.decoder = build_encoder_decoder(
-            arch, in_channels, image_size, latent_dim, 2 * latent_dim, hidden_dims or [256, 128],
-            conv_channels or [32, 64],
+        self.net = self.build_generative_network(
+            network, latent_dim, hidden_dims=hidden_dims, conv_channels=conv_channels
         )
         self.register_buffer("fixed_z", torch.randn(64, latent_dim, generator=torch.Generator().manual_seed(0)))
         self._grid_images: torch.Tensor | None = None
@@ -204,9 +195,6 @@ class VAE(GenerativeModule):
                 pairs = self.interpolate(images[:4], images[4:8], steps=8)  # (4, 8, C, H, W)
                 grids["interpolation"] = self.to_unit(pairs.flatten(0, 1)).clamp(0, 1)
         return grids
-
-    def configure_optimizers(self) -> Any:
-        return build_optimizers(self.parameters(), self.optimizer_factory, None, total_steps=lambda: 0)
 
 
 def interpolation_grid(model: VAE, start: torch.Tensor, end: torch.Tensor, steps: int = 8) -> torch.Tensor:

@@ -4,7 +4,7 @@ Ecker & Bethge 2015 and 2016). Hand-written; works with any zoo CNN, layers chos
 The papers use an ImageNet-trained VGG-19. Nothing is downloaded here: pass a *trained* network,
 e.g. ``ImageClassifier.load_from_checkpoint(...)`` of a zoo run, or a torchvision VGG with a local
 weights file (``create_model("vgg16", ...)`` then ``zoo.classification.finetune.load_pretrained``,
-or ``ImageClassifier(backbone="vgg16", pretrained="path/to/vgg16.pth")``). An untrained network's
+or ``ImageClassifier(network="vgg16", pretrained="path/to/vgg16.pth")``). An untrained network's
 Gram matrices still define a texture statistic, but a poor one.
 """
 

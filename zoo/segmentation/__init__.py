@@ -1,5 +1,7 @@
-"""Semantic segmentation: networks (``zoo.segmentation.models``), the U-Net loss and weight map,
-overlap-tile inference, metrics and the :class:`SemanticSegmenter` LightningModule.
+"""Semantic segmentation: networks (``zoo.segmentation.models``), the U-Net loss and weight map (the map is
+data preprocessing, defined in ``datamodules.weight_maps`` and re-exported here), overlap-tile inference,
+metrics, class colours and mask / overlay pictures (``zoo.segmentation.plots``) and the
+:class:`SemanticSegmenter` LightningModule.
 
 >>> from zoo.segmentation import UNet, PSPNet, WeightedPixelLoss, unet_weight_map, predict_tiled
 """

@@ -3,54 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
-import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassJaccardIndex
 from torchmetrics.segmentation import DiceScore
 
-from zoo.registry import create_model
+from zoo.core.module import SchedulerInterval, ZooModule
 from zoo.segmentation.losses import build_loss
 from zoo.segmentation.metrics import ISBIPixelError, PixelError, RandError
 from zoo.segmentation.models.unet import center_crop
+from zoo.segmentation.plots import GridSample, validation_grid, write_prediction
 from zoo.segmentation.tiling import predict_tiled
-from zoo.utils.checkpoint import ZooCheckpointMixin
-from zoo.utils.checks import check_model_fits_data, release_inference_metric_states
-from zoo.utils.optim import as_factory, build_optimizers, plain_factory_hparams
-
-# class colours of masks, overlays and the validation grid (class 0 first)
-PALETTE = np.array(
-    [
-        [0, 0, 0],
-        [255, 255, 255],
-        [230, 25, 75],
-        [60, 180, 75],
-        [255, 225, 25],
-        [0, 130, 200],
-        [245, 130, 48],
-        [145, 30, 180],
-        [70, 240, 240],
-        [240, 50, 230],
-        [210, 245, 60],
-        [250, 190, 212],
-    ],
-    dtype=np.uint8,
-)
-OVERLAY_COLOURS = np.array(
-    [[0, 0, 0], [0, 200, 255], [255, 60, 60], [60, 220, 60], [255, 200, 0], [200, 80, 255]], dtype=np.uint8
-)
 
 
-def class_colours(num_classes: int, table: np.ndarray = PALETTE) -> np.ndarray:
-    """``(num_classes, 3)`` uint8 colours (repeating the table when there are more classes)."""
-    return table[np.arange(num_classes) % len(table)]
-
-
-class SemanticSegmenter(ZooCheckpointMixin, pl.LightningModule):
+class SemanticSegmenter(ZooModule):
     """Train, evaluate and run a semantic segmentation network from the registry.
 
     Training runs the network on the datamodule's crops; a valid-convolution network's smaller
@@ -66,7 +35,12 @@ class SemanticSegmenter(ZooCheckpointMixin, pl.LightningModule):
 
     ``predict`` writes ``<name>_mask.png`` (two classes: 0 / 255 grayscale, e.g. ISBI's polarity
     0 membrane / 255 cell; more classes: a palette PNG whose pixel values are the class indices)
-    and ``<name>_overlay.png`` (the image with the classes other than 0 tinted) to ``output_dir``.
+    and ``<name>_overlay.png`` (the image with the classes other than 0 tinted) to ``output_dir``
+    (:func:`zoo.segmentation.plots.write_prediction`).
+
+    Optimisation, the checkpoint identity, the restore guard (``load_from_checkpoint`` reads no
+    ``encoder_weights`` file again: the checkpoint holds the weights) and the metric-state reset come
+    from :class:`zoo.core.module.ZooModule`.
 
     Args:
         network: registered name (``zoo.list_models(family="segmentation")``: ``unet``, ``unet_same``,
@@ -77,7 +51,7 @@ class SemanticSegmenter(ZooCheckpointMixin, pl.LightningModule):
             the data), ``dice``, ``jaccard``, ``focal``, ``lovasz``, ``tversky``, or a sum such as
             ``weighted_ce+dice`` (:func:`zoo.segmentation.losses.build_loss`).
         loss_kwargs: keyword arguments of the loss.
-        optimizer, lr_scheduler, lr_scheduler_interval: as in ``ImageClassifier``.
+        optimizer, lr_scheduler, lr_scheduler_interval: as in :class:`~zoo.core.module.ZooModule`.
         foreground_class: class whose connected components are the objects of the Rand error, and the
             positive class of the ISBI pixel error; None skips both.
         tile_size, tile_overlap, tile_batch_size: tiling of validation / test / predict images.
@@ -86,8 +60,7 @@ class SemanticSegmenter(ZooCheckpointMixin, pl.LightningModule):
         log_images: images in the validation grid (0: none).
     """
 
-    model_family = "segmentation"  # the registry family that ``network`` names are looked up in
-    model_name_arg = "network"  # the init argument holding the registry name (checked by zoo.cli)
+    family = "segmentation"
 
     def __init__(
         self,
@@ -99,7 +72,7 @@ class SemanticSegmenter(ZooCheckpointMixin, pl.LightningModule):
         loss_kwargs: dict[str, Any] | None = None,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
-        lr_scheduler_interval: Literal["auto", "step", "epoch"] = "auto",
+        lr_scheduler_interval: SchedulerInterval = "auto",
         class_names: list[str] | None = None,
         foreground_class: int | None = 1,
         tile_size: int | None = None,
@@ -109,9 +82,7 @@ class SemanticSegmenter(ZooCheckpointMixin, pl.LightningModule):
         output_dir: str | None = None,
         log_images: int = 4,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        plain_factory_hparams(self.hparams)  # class path + arguments in the checkpoint, not a pickled partial
+        super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler, lr_scheduler_interval=lr_scheduler_interval)
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class_names given for num_classes={num_classes}")
         if foreground_class is not None and not 0 <= foreground_class < num_classes:
@@ -122,26 +93,21 @@ class SemanticSegmenter(ZooCheckpointMixin, pl.LightningModule):
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
-        self.net = create_model(
-            network,
-            family="segmentation",
-            num_classes=num_classes,
-            in_channels=in_channels,
-            **(network_kwargs or {}),
+        self.net = self.build_network(
+            network, num_classes=num_classes, in_channels=in_channels, **(network_kwargs or {})
         )
         self.loss_fn = build_loss(loss, loss_kwargs)
-        self.optimizer_factory = as_factory(optimizer)
-        self.lr_scheduler_factory = as_factory(lr_scheduler)
-        self.lr_scheduler_interval = lr_scheduler_interval
-        self.val_metrics = self._metrics()
-        self.test_metrics = self._metrics()
+        self.val_metrics = self.build_metrics()
+        self.test_metrics = self.build_metrics()
         # Image-weighted mean losses as torchmetrics (float sums, synced once at compute): Lightning's
         # self.log(sync_dist=True) mean divides an integer image count by the world size, biasing it under DDP.
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self._checked_stages: set[str] = set()
-        self._grid: list[tuple[torch.Tensor, ...]] = []
+        self._grid: list[GridSample] = []
 
-    def _metrics(self) -> torch.nn.ModuleDict:
+    def build_metrics(self) -> torch.nn.ModuleDict:
+        """A fresh set of the evaluation metrics: pixel error, per-class IoU and Dice and, with a
+        ``foreground_class``, the Rand error and the ISBI challenge's pixel error."""
         k = self.num_classes
         metrics = {
             "pixel_error": PixelError(),
@@ -154,7 +120,7 @@ class SemanticSegmenter(ZooCheckpointMixin, pl.LightningModule):
         return torch.nn.ModuleDict(metrics)
 
     def update_metrics(self, metrics: torch.nn.ModuleDict, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Update ``metrics`` (from :meth:`_metrics`) with full-size ``logits``; return the class maps. The
+        """Update ``metrics`` (from :meth:`build_metrics`) with full-size ``logits``; return the class maps. The
         challenge's pixel error takes the foreground probability, every other metric the argmax class."""
         preds = logits.argmax(dim=1)
         for metric in metrics.values():
@@ -180,9 +146,6 @@ class SemanticSegmenter(ZooCheckpointMixin, pl.LightningModule):
         return self.segment(images)
 
     # -- checks ----------------------------------------------------------------------------------------
-    def setup(self, stage: str) -> None:
-        check_model_fits_data(self)
-
     def _check_batch(self, stage: str, batch: dict[str, Any]) -> None:
         if stage in self._checked_stages:
             return  # first batch of each stage only: the checks cost a device sync
@@ -278,12 +241,6 @@ class SemanticSegmenter(ZooCheckpointMixin, pl.LightningModule):
             self.log(key, value, prog_bar=key.endswith(("/pixel_error", "/rand_error")))
         return {k: float(v) for k, v in values.items()}
 
-    def on_validation_epoch_start(self) -> None:
-        release_inference_metric_states(self)
-
-    def on_test_epoch_start(self) -> None:
-        release_inference_metric_states(self)
-
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
         if self._grid:
@@ -296,29 +253,8 @@ class SemanticSegmenter(ZooCheckpointMixin, pl.LightningModule):
     def _log_grid(self) -> None:
         """Rows: image | ground truth | prediction | weight map (TensorBoard ``val/samples``)."""
         experiment = getattr(self.logger, "experiment", None) if self._trainer else None
-        if not hasattr(experiment, "add_image") or not self.trainer.is_global_zero:
-            return
-        from torchvision.utils import make_grid
-
-        colours = torch.from_numpy(class_colours(self.num_classes)).float().div(255)
-        tiles = []
-        for image, mask, pred, weight in self._grid:
-            shown = image[:3] if image.shape[0] >= 3 else image[:1].expand(3, -1, -1)
-            shown = (shown - shown.min()) / (shown.max() - shown.min()).clamp_min(1e-6)
-            weight_img = (
-                (weight / weight.max().clamp_min(1e-6))
-                if weight is not None
-                else torch.zeros_like(mask, dtype=torch.float)
-            )
-            tiles += [
-                shown,
-                colours[mask].permute(2, 0, 1),
-                colours[pred].permute(2, 0, 1),
-                weight_img[None].expand(3, -1, -1),
-            ]
-        size = max(t.shape[-1] for t in tiles), max(t.shape[-2] for t in tiles)
-        tiles = [torch.nn.functional.pad(t, (0, size[0] - t.shape[-1], 0, size[1] - t.shape[-2])) for t in tiles]
-        experiment.add_image("val/samples", make_grid(tiles, nrow=4, padding=4, pad_value=0.5), self.global_step)
+        if hasattr(experiment, "add_image") and self.trainer.is_global_zero:
+            experiment.add_image("val/samples", validation_grid(self._grid, self.num_classes), self.global_step)
 
     # -- predict ---------------------------------------------------------------------------------------
     def _output_dir(self) -> Path:
@@ -339,46 +275,3 @@ class SemanticSegmenter(ZooCheckpointMixin, pl.LightningModule):
             raw = batch["raw"][i].cpu().numpy() if "raw" in batch else None
             written.append(str(write_prediction(out_dir, name, pred, self.num_classes, raw)))
         return written
-
-    def configure_optimizers(self) -> Any:
-        return build_optimizers(
-            [p for p in self.parameters() if p.requires_grad],
-            self.optimizer_factory,
-            self.lr_scheduler_factory,
-            total_steps=lambda: self.trainer.estimated_stepping_batches,
-            interval=self.lr_scheduler_interval,
-            monitor="val/loss",
-        )
-
-
-def write_prediction(
-    out_dir: Path,
-    name: str,
-    pred: np.ndarray,
-    num_classes: int,
-    image: np.ndarray | None = None,
-    alpha: float = 0.45,
-) -> Path:
-    """Write a class map as ``<name>_mask.png`` and, given the image (H, W, C uint8), ``<name>_overlay.png``.
-
-    Two classes: an 8-bit grayscale mask with 0 / 255 (class 0 / class 1); more: a palette PNG
-    whose pixel values are the class indices. The overlay tints every class but 0.
-    """
-    from PIL import Image
-
-    pred = pred.astype(np.uint8)
-    mask_path = out_dir / f"{name}_mask.png"
-    if num_classes == 2:
-        Image.fromarray(pred * 255).save(mask_path)  # uint8 (H, W): mode L
-    else:
-        palette_image = Image.fromarray(pred)
-        palette_image.putpalette(class_colours(num_classes).ravel().tolist())
-        palette_image.save(mask_path)
-    if image is not None:
-        base = image if image.shape[-1] == 3 else np.repeat(image[..., :1], 3, axis=-1)
-        colours = class_colours(num_classes, OVERLAY_COLOURS).astype(np.float32)
-        tinted = base.astype(np.float32)
-        on = pred > 0
-        tinted[on] = (1 - alpha) * tinted[on] + alpha * colours[pred[on]]
-        Image.fromarray(tinted.round().clip(0, 255).astype(np.uint8)).save(out_dir / f"{name}_overlay.png")
-    return mask_path

@@ -13,7 +13,7 @@ from torchvision.models import AlexNet
 from torchvision.models import alexnet as tv_alexnet
 
 from zoo.classification.models._adapt import adapt_first_conv, guard_min_input_size
-from zoo.registry import register_model
+from zoo.core.registry import register_model
 
 # Smallest square input that keeps every feature map non-empty (found by probing the network).
 MIN_INPUT_SIZE = 63

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from zoo.registry import register_model
+from zoo.core.registry import register_model
 
 
 class ConvNet(nn.Module):

@@ -26,7 +26,7 @@ import torchvision.models as tvm
 from torchvision.models import DenseNet
 
 from zoo.classification.models._adapt import adapt_first_conv, guard_min_input_size
-from zoo.registry import register_model
+from zoo.core.registry import register_model
 
 # Smallest square input that keeps every feature map non-empty (found by probing the networks):
 # the ImageNet stem divides by 4 and each transition's 2x2 average-pool by 2; keyed by the number

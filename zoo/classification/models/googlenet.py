@@ -20,11 +20,19 @@ import torch.nn as nn
 from torchvision.models import GoogLeNet, GoogLeNetOutputs
 
 from zoo.classification.models._adapt import adapt_first_conv, guard_min_input_size
-from zoo.registry import register_model
+from zoo.core.registry import register_model
 
 # Smallest square input that keeps every feature map non-empty (found by probing the network).
 MIN_INPUT_SIZE = 15
 MIN_INPUT_SIZE_SMALL = 4
+# The stages that freezing counts in (zoo.classification.finetune.stages reads ``stage_names``): the stem, then
+# inception 3, 4 and 5, each with the max-pool that follows it.
+STAGE_NAMES = (
+    ("conv1", "maxpool1", "conv2", "conv3", "maxpool2"),
+    ("inception3a", "inception3b", "maxpool3"),
+    ("inception4a", "inception4b", "inception4c", "inception4d", "inception4e", "maxpool4"),
+    ("inception5a", "inception5b"),
+)
 
 
 def _trunc_normal(weight: torch.Tensor) -> None:
@@ -66,6 +74,7 @@ def googlenet(
         model.maxpool1 = nn.Identity()
     min_size = MIN_INPUT_SIZE_SMALL if small_input else MIN_INPUT_SIZE
     guard_min_input_size(model, "googlenet", min_size, small_input)
+    model.stage_names = STAGE_NAMES
     return model
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from zoo.registry import register_model
+from zoo.core.registry import register_model
 
 # Table I of the paper: which S2 feature maps (rows) feed each of the 16 C3 maps (columns).
 C3_CONNECTIONS: tuple[tuple[int, ...], ...] = (
@@ -28,6 +28,8 @@ class ScaledTanh(nn.Module):
 class Subsampling(nn.Module):
     """S2/S4: the four inputs of each unit are summed, multiplied by a trainable
     coefficient and offset by a trainable bias, one pair per feature map."""
+
+    ends_stage = True  # a pooling layer: zoo.classification.finetune.stages cuts a stage after it
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -90,7 +92,7 @@ class LeNet5(nn.Module):
         if min(x.shape[-2:]) < 16:
             raise ValueError(
                 f"LeNet-5 needs inputs of at least 16x16 pixels (C1, two subsamplings and C5 of 5x5); "
-                f"got {tuple(x.shape[-2:])}. Resize the images or use the 'convnet' backbone."
+                f"got {tuple(x.shape[-2:])}. Resize the images or use the 'convnet' network."
             )
         return self.classifier(self.pool(self.features(x)))
 

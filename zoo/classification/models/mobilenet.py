@@ -17,7 +17,7 @@ import torchvision.models as tvm
 from torchvision.models import MobileNetV2, MobileNetV3
 
 from zoo.classification.models._adapt import adapt_first_conv
-from zoo.registry import register_model
+from zoo.core.registry import register_model
 
 
 def _adapt_stem(model: MobileNetV2 | MobileNetV3, in_channels: int, small_input: bool) -> None:

@@ -35,7 +35,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 from torchvision.ops import StochasticDepth
 
 from zoo.classification.models._adapt import adapt_first_conv
-from zoo.registry import register_model
+from zoo.core.registry import register_model
 
 DROP_PATH_MODES = ("batch", "row")
 

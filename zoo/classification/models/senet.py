@@ -16,7 +16,7 @@ import timm
 import torch.nn as nn
 
 from zoo.classification.models._adapt import adapt_first_conv
-from zoo.registry import register_model
+from zoo.core.registry import register_model
 
 
 def _timm_seresnet(

@@ -16,7 +16,7 @@ import torchvision.models as tvm
 from torchvision.models import SqueezeNet
 
 from zoo.classification.models._adapt import adapt_first_conv, guard_min_input_size
-from zoo.registry import register_model
+from zoo.core.registry import register_model
 
 # Smallest square inputs that keep every feature map non-empty (found by probing the networks).
 MIN_INPUT_SIZE = {"squeezenet1_0": 21, "squeezenet1_1": 17}

@@ -22,7 +22,7 @@ import torchvision.models as tvm
 from torchvision.models import VGG
 
 from zoo.classification.models._adapt import adapt_first_conv, guard_min_input_size
-from zoo.registry import register_model
+from zoo.core.registry import register_model
 
 # Five 2x2 max-pools: a 32x32 image ends as a 1x1 map; 28x28 would end as 0x0.
 MIN_INPUT_SIZE = 32

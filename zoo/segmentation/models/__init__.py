@@ -4,14 +4,13 @@
 smp encoder) and every smp architecture as ``smp_<arch>``.
 """
 
-from zoo.segmentation.models.pspnet import PSPNet, PyramidPoolingModule, pspnet
-from zoo.segmentation.models.smp import SMP_ARCHITECTURES, build_smp, load_encoder_weights
+from zoo.segmentation.models.pspnet import PSPNet, PyramidPoolingModule
+from zoo.segmentation.models.smp import SMP_ARCHITECTURES, build_smp, encoder_state_dict, load_encoder_weights
 from zoo.segmentation.models.unet import (
     InvalidInputSizeError,
     UNet,
     center_crop,
     nearest_valid_sizes,
-    unet,
     unet_input_size,
     unet_output_size,
     unet_same,
@@ -25,10 +24,9 @@ __all__ = [
     "UNet",
     "build_smp",
     "center_crop",
+    "encoder_state_dict",
     "load_encoder_weights",
     "nearest_valid_sizes",
-    "pspnet",
-    "unet",
     "unet_input_size",
     "unet_output_size",
     "unet_same",

@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from segmentation_models_pytorch.encoders import get_encoder
 
-from zoo.registry import register_model
+from zoo.core.registry import register_model
 from zoo.segmentation.models.smp import load_encoder_weights
 
 
@@ -54,8 +54,10 @@ class PyramidPoolingModule(nn.Module):
         return torch.cat([x, *pooled], dim=1)
 
 
+@register_model("segmentation", "pspnet")
 class PSPNet(nn.Module):
-    """PSPNet over a dilated smp encoder (``resnet18`` / ``resnet34`` / ``resnet50`` / ...).
+    """PSPNet (Zhao et al. 2017) over a dilated smp encoder (``resnet18`` / ``resnet34`` / ``resnet50`` / ...):
+    output stride 8, pyramid bins 1/2/3/6, auxiliary loss 0.4 on stage 4. Registered as ``pspnet``.
 
     Args:
         num_classes: output classes.
@@ -114,18 +116,3 @@ class PSPNet(nn.Module):
             aux = F.interpolate(self.aux_head(features[-2]), size=size, mode="bilinear", align_corners=False)
             return logits, aux
         return logits
-
-
-@register_model("segmentation", "pspnet")
-def pspnet(
-    num_classes: int = 2,
-    in_channels: int = 3,
-    encoder_name: str = "resnet50",
-    encoder_weights: str | None = None,
-    bins: Sequence[int] = (1, 2, 3, 6),
-    head_channels: int = 512,
-    aux_weight: float = 0.4,
-    dropout: float = 0.1,
-) -> PSPNet:
-    """PSPNet (Zhao et al. 2017): dilated ResNet (stride 8), pyramid bins 1/2/3/6, aux loss 0.4 on stage 4."""
-    return PSPNet(num_classes, in_channels, encoder_name, encoder_weights, bins, head_channels, aux_weight, dropout)

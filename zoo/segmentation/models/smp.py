@@ -3,13 +3,15 @@
 Every architecture of smp is registered as ``smp_<arch>`` (``smp_unet``, ``smp_unetplusplus``,
 ``smp_fpn``, ``smp_deeplabv3plus``, ``smp_pspnet``, ...), and ``smp`` takes the architecture as an
 argument. ``encoder_weights`` is a path to a local weights file (a state dict of the encoder, or of
-a whole smp model / checkpoint whose encoder keys start with ``encoder.``), never a name: smp would
-download ``"imagenet"`` weights, which this project never does.
+a whole smp model / checkpoint whose encoder keys start with ``encoder.``; read by
+:func:`zoo.core.weights.load_weights`, ``.safetensors`` included), never a name: smp would download
+``"imagenet"`` weights, which this project never does.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,8 @@ import segmentation_models_pytorch as smp
 import torch
 import torch.nn as nn
 
-from zoo.registry import register_model
+from zoo.core.registry import register_model
+from zoo.core.weights import LoadReport, PretrainedWeightsError, load_weights, read_state_dict
 
 # registry suffix -> smp class name
 SMP_ARCHITECTURES: dict[str, str] = {
@@ -35,11 +38,37 @@ SMP_ARCHITECTURES: dict[str, str] = {
 }
 
 
-def load_encoder_weights(encoder: nn.Module, weights: str | os.PathLike) -> None:
-    """Load a local weights file into an encoder (strict: every key must fit).
+# Keys of a torchvision / timm classifier file that are not part of an encoder (its classifier head).
+CLASSIFIER_HEAD_PREFIXES = ("fc.", "classifier.", "head.")
+# Prefixes under which a whole smp model, a zoo checkpoint or a training script's file keeps the encoder.
+ENCODER_PREFIXES = ("net.encoder.", "model.encoder.", "module.encoder.", "encoder.")
 
-    Accepts the encoder's own state dict, a dict holding one under ``state_dict`` / ``model``, or a
-    whole smp model / zoo checkpoint (keys ``[net.]encoder.*`` are taken).
+
+def encoder_state_dict(state: dict[str, torch.Tensor], expected: Iterable[str]) -> dict[str, torch.Tensor]:
+    """The encoder's tensors of a state dict: the keys under the first of :data:`ENCODER_PREFIXES` present
+    (a whole smp model / zoo checkpoint), else all of them (the encoder's own file); a classifier head
+    (:data:`CLASSIFIER_HEAD_PREFIXES`) that the encoder does not have is dropped."""
+    for prefix in ENCODER_PREFIXES:
+        if any(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            break
+    expected = set(expected)
+    return {k: v for k, v in state.items() if k in expected or not k.startswith(CLASSIFIER_HEAD_PREFIXES)}
+
+
+def load_encoder_weights(encoder: nn.Module, weights: str | os.PathLike) -> LoadReport:
+    """Load a local weights file into an encoder (strict: every key must fit), through
+    :func:`zoo.core.weights.load_weights`.
+
+    Accepts the encoder's own state dict (a torchvision / timm classifier file: its ``fc.*`` /
+    ``classifier.*`` / ``head.*`` keys are left out), a dict holding one under ``state_dict`` / ``model``,
+    or a whole smp model / zoo checkpoint (keys ``[net.|model.]encoder.*`` are taken); ``.pth`` / ``.pt`` /
+    ``.ckpt`` or ``.safetensors``. A name such as ``imagenet`` is refused: nothing is downloaded.
+
+    Raises:
+        FileNotFoundError: no such file (a weights *name* is told that nothing is downloaded).
+        PretrainedWeightsError: a tensor of another shape, or keys the encoder lacks or the file lacks: the
+            first key is named, with the shapes, the file and the fix.
     """
     path = Path(weights).expanduser()
     if not path.is_file():
@@ -51,27 +80,26 @@ def load_encoder_weights(encoder: nn.Module, weights: str | os.PathLike) -> None
             else " Fix: pass the path of an existing file, or set encoder_weights: null."
         )
         raise FileNotFoundError(f"encoder_weights file {str(weights)!r} not found.{hint}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    for prefix in ("net.encoder.", "model.encoder.", "encoder."):
-        if any(k.startswith(prefix) for k in state):
-            state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-            break
-    # a torchvision / timm classifier's head is not part of an encoder
-    state = {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier.", "head."))}
     expected = encoder.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or mismatched:
-        raise ValueError(
-            f"{path} does not fit the encoder: {len(missing)} missing keys (e.g. {missing[:3]}), "
-            f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]}), {len(mismatched)} of another shape "
-            f"(e.g. {mismatched[:3]}). Fix: pass weights of the same encoder_name (and in_channels)."
+    state = encoder_state_dict(read_state_dict(path), expected)
+    fix = (
+        "Fix: pass the weights of an encoder of the same encoder_name and in_channels "
+        f"({type(encoder).__name__}), or set encoder_weights: null."
+    )
+    hints = {key: ("encoder tensor ", fix) for key in expected}
+    report = load_weights(encoder, path, hints=hints, strict=False, contents=state)
+    if report.missing or report.unexpected:
+        first = (
+            f"the encoder's {report.missing[0]!r} is not in the file"
+            if report.missing
+            else f"the file's {report.unexpected[0]!r} is not in the encoder"
         )
-    encoder.load_state_dict(state)
+        raise PretrainedWeightsError(
+            f"{path} does not fit the encoder {type(encoder).__name__}: {first} ({len(report.missing)} "
+            f"missing, e.g. {report.missing[:3]}; {len(report.unexpected)} unexpected, e.g. "
+            f"{report.unexpected[:3]}). {fix}"
+        )
+    return report
 
 
 def build_smp(

@@ -28,7 +28,7 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
-from zoo.registry import register_model
+from zoo.core.registry import register_model
 
 Padding = Literal["valid", "same"]
 
@@ -128,8 +128,10 @@ def center_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return x[..., top : top + height, left : left + width]
 
 
+@register_model("segmentation", "unet")
 class UNet(nn.Module):
-    """The U-Net of Ronneberger et al. 2015 (fig. 1).
+    """The U-Net of Ronneberger et al. 2015 (fig. 1); registered as ``unet`` (the paper's valid convolutions,
+    572 -> 388 with the defaults).
 
     Args:
         num_classes: output channels of the final 1x1 convolution (2 in the paper: cell / border).
@@ -244,20 +246,6 @@ class UNet(nn.Module):
         return self.head(x)
 
 
-@register_model("segmentation", "unet")
-def unet(
-    num_classes: int = 2,
-    in_channels: int = 1,
-    base_channels: int = 64,
-    depth: int = 4,
-    padding: Padding = "valid",
-    batch_norm: bool = False,
-    dropout: float = 0.5,
-) -> UNet:
-    """The paper's U-Net (valid convolutions, 572 -> 388 with the defaults)."""
-    return UNet(num_classes, in_channels, base_channels, depth, padding, batch_norm, dropout)
-
-
 @register_model("segmentation", "unet_same")
 def unet_same(
     num_classes: int = 2,
@@ -276,7 +264,6 @@ __all__ = [
     "UNet",
     "center_crop",
     "nearest_valid_sizes",
-    "unet",
     "unet_input_size",
     "unet_output_size",
     "unet_same",

@@ -1,10 +1,10 @@
 """What a zoo checkpoint holds besides the weights, and reading it back with clear errors.
 
-Every zoo LightningModule mixes in :class:`ZooCheckpointMixin`, which stores under the checkpoint's
-``"zoo"`` key the LightningModule's class path, the checkpoint format version, the software versions
-and the project's git commit at save time. Lightning already stores ``hyper_parameters`` (and, when
-the module was built by LightningCLI, ``hyper_parameters["_class_path"]``); the class path is stored
-again here because a module built in plain Python has no ``_class_path``.
+Every zoo LightningModule is a :class:`zoo.core.module.ZooModule`, which stores under the checkpoint's
+``"zoo"`` key (:func:`checkpoint_identity`) the LightningModule's class path, the checkpoint format version,
+the software versions and the project's git commit at save time. Lightning already stores
+``hyper_parameters`` (and, when the module was built by LightningCLI, ``hyper_parameters["_class_path"]``);
+the class path is stored again here because a module built in plain Python has no ``_class_path``.
 
 :func:`read_checkpoint_info` reads that back from any checkpoint (older ones included, falling back to
 ``_class_path`` and then to the hyperparameter names), and :func:`load_zoo_module` rebuilds the
@@ -13,30 +13,55 @@ LightningModule, with errors that name the file, the expected and the found clas
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import importlib
 import platform
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-# Bumped when what a checkpoint must hold for the current code to load it changes.
-CHECKPOINT_FORMAT_VERSION = 1
+# Bumped when what a checkpoint must hold for the current code to load it changes. 2: the registry-name
+# argument is ``network`` in every family (ZooModule.renamed_arguments maps the older names when reading).
+CHECKPOINT_FORMAT_VERSION = 2
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
-# Checkpoints without a stored class path (saved before the mixin, outside LightningCLI) are recognised
-# by the init argument holding the registry name.
-_CLASS_BY_NAME_ARG = {
-    "backbone": "zoo.classification.ImageClassifier",
-    "network": "zoo.segmentation.SemanticSegmenter",
-}
+# Checkpoints without a stored class path (saved in plain Python before every module wrote the "zoo" entry) are
+# recognised by init arguments only their class takes; the first rule whose arguments are all there wins.
+_CLASS_BY_ARGUMENTS = (
+    (("backbone",), "zoo.classification.ImageClassifier"),  # the classifier's name argument before format 2
+    (("network", "map_backend"), "zoo.detection.ObjectDetector"),
+    (("network", "loss", "tile_size"), "zoo.segmentation.SemanticSegmenter"),
+)
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used as asked: another family, an incompatible version, a missing file."""
+
+
+# -- the restore guard ------------------------------------------------------------------------------------------
+_RESTORING = contextvars.ContextVar("zoo_restoring_from_checkpoint", default=False)
+
+
+@contextlib.contextmanager
+def restoring_from_checkpoint() -> Iterator[None]:
+    """While active, zoo modules read no weight file in ``__init__`` (``pretrained``, ``weights``,
+    ``*_weights``, a distillation teacher): the checkpoint being restored holds the trained weights, and the
+    files named in its hyperparameters need not exist any more. ``ZooModule.load_from_checkpoint`` uses it."""
+    token = _RESTORING.set(True)
+    try:
+        yield
+    finally:
+        _RESTORING.reset(token)
+
+
+def is_restoring_from_checkpoint() -> bool:
+    return _RESTORING.get()
 
 
 @functools.cache
@@ -88,27 +113,26 @@ def class_path(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def import_class(path: str) -> type:
+def import_class(path: str) -> Any:
+    """The object a dotted path names (``torch.optim.SGD``, ``zoo.classification.ImageClassifier``); a
+    ``ValueError`` naming the path and the reason otherwise. The one way the zoo turns a path into a class."""
     module_name, _, name = path.rpartition(".")
+    if not module_name:
+        raise ValueError(f"cannot import {path!r}: not a dotted path (module.Name).")
     try:
         return getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError) as error:
-        raise CheckpointError(f"cannot import {path!r} ({error}).") from error
+        raise ValueError(f"cannot import {path!r} ({error}).") from error
 
 
-class ZooCheckpointMixin:
-    """Adds the ``"zoo"`` entry (class path, format version, versions, git commit) to every checkpoint saved."""
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["zoo"] = {
-            "class_path": class_path(type(self)),
-            "format_version": CHECKPOINT_FORMAT_VERSION,
-            "versions": software_versions(),
-            "git_commit": git_commit(),
-        }
-        parent = super()
-        if hasattr(parent, "on_save_checkpoint"):
-            parent.on_save_checkpoint(checkpoint)  # type: ignore[misc]
+def checkpoint_identity(module: Any) -> dict[str, Any]:
+    """The ``"zoo"`` entry of a checkpoint written by ``module``: class path, format version, versions, git commit."""
+    return {
+        "class_path": class_path(type(module)),
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "versions": software_versions(),
+        "git_commit": git_commit(),
+    }
 
 
 @dataclass
@@ -140,10 +164,14 @@ class CheckpointInfo:
 
 
 def checkpoint_model_class(checkpoint: dict[str, Any]) -> str | None:
-    """The class path of the LightningModule that wrote a loaded checkpoint, when it says
-    (``checkpoint["zoo"]["class_path"]``, written by :class:`ZooCheckpointMixin`; ``_class_path``, by LightningCLI)."""
+    """The class path of the LightningModule that wrote a loaded checkpoint: ``checkpoint["zoo"]["class_path"]``
+    (:func:`checkpoint_identity`), else ``_class_path`` (LightningCLI), else the class whose init arguments the
+    hyperparameters hold (an older checkpoint saved in plain Python); None when nothing says."""
     hparams = checkpoint.get("hyper_parameters") or {}
-    return (checkpoint.get("zoo") or {}).get("class_path") or hparams.get("_class_path")
+    found = (checkpoint.get("zoo") or {}).get("class_path") or hparams.get("_class_path")
+    if found is None:
+        found = next((cls for args, cls in _CLASS_BY_ARGUMENTS if all(a in hparams for a in args)), None)
+    return found
 
 
 def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
@@ -168,12 +196,9 @@ def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
         )
     hparams = dict(raw.get("hyper_parameters") or {})
     zoo_entry = raw.get("zoo") or {}
-    found = checkpoint_model_class(raw)
-    if found is None:
-        found = next((cls for arg, cls in _CLASS_BY_NAME_ARG.items() if arg in hparams), None)
     return CheckpointInfo(
         path=path,
-        class_path=found,
+        class_path=checkpoint_model_class(raw),
         hyper_parameters=hparams,
         format_version=zoo_entry.get("format_version"),
         lightning_version=raw.get("pytorch-lightning_version"),
@@ -189,24 +214,27 @@ def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
 def _same_class(found: str, expected: type) -> bool:
     try:
         found_cls = import_class(found)
-    except CheckpointError:
+    except ValueError:
         return False
     return isinstance(found_cls, type) and issubclass(found_cls, expected)
 
 
-def check_checkpoint_class(info: CheckpointInfo, expected: type) -> None:
-    """Raise :class:`CheckpointError` naming both classes when the checkpoint holds another LightningModule."""
-    if info.class_path is None:
+def check_checkpoint_class(found: str | None, expected: type, path: str | Path | None = None) -> None:
+    """Raise :class:`CheckpointError` naming the file and both classes when the checkpoint at ``path``, written by
+    the class ``found`` (:func:`checkpoint_model_class`), holds another LightningModule than ``expected`` (or a
+    subclass). The one class check of the zoo: ``load_from_checkpoint``, ``--ckpt_path`` and every tool use it."""
+    where = f"checkpoint {path}" if path is not None else "the checkpoint being restored"
+    if found is None:
         raise CheckpointError(
-            f"checkpoint {info.path} does not say which LightningModule saved it (no 'zoo' entry, no "
-            f"_class_path, no backbone/network hyperparameter); expected {class_path(expected)}. "
+            f"{where} does not say which LightningModule saved it (no 'zoo' entry, no "
+            f"_class_path, no network/backbone hyperparameter); expected {class_path(expected)}. "
             "Fix: pass a checkpoint written by this project's train.py."
         )
-    if not _same_class(info.class_path, expected):
+    if not _same_class(found, expected):
         raise CheckpointError(
-            f"checkpoint {info.path} holds a {info.class_path}, but {class_path(expected)} was expected. "
-            "Fix: use the config saved with that run (runs/<name>/version_<n>/config.yaml), or a checkpoint of "
-            f"a {expected.__name__}."
+            f"{where} holds a {found}, but {class_path(expected)} was expected. "
+            "Fix: use the config saved with that run (runs/<name>/version_<n>/config.yaml, model.class_path), "
+            f"or a checkpoint of a {expected.__name__}."
         )
 
 
@@ -250,7 +278,7 @@ def load_zoo_module(path: str | Path, expected: type | None = None, map_location
     import pytorch_lightning as pl
 
     info = read_checkpoint_info(path)
-    check_checkpoint_class(info, expected or pl.LightningModule)
+    check_checkpoint_class(info.class_path, expected or pl.LightningModule, info.path)
     cls = import_class(info.class_path)  # type: ignore[arg-type]
     kwargs = {k: v for k, v in info.hyper_parameters.items() if not k.startswith("_")}
     try:

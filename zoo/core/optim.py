@@ -9,13 +9,14 @@ number of optimizer steps that OneCycleLR needs) and choosing the scheduler's in
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import torch
 from torch.optim.lr_scheduler import CyclicLR, OneCycleLR, ReduceLROnPlateau
+
+from zoo.core.checkpoint import import_class
 
 PER_STEP_SCHEDULERS = (OneCycleLR, CyclicLR)
 
@@ -42,25 +43,13 @@ def factory_spec(factory: Any) -> Any:
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
 
 
-def plain_factory_hparams(hparams: Any, keys: tuple[str, ...] = ("optimizer", "lr_scheduler")) -> None:
-    """Replace the optimizer/scheduler factories in a module's ``hparams`` by their specs, in place."""
-    for key in keys:
-        if key in hparams:
-            hparams[key] = factory_spec(hparams[key])
-
-
 def as_factory(spec: Any) -> Any:
     """The inverse of :func:`factory_spec`: a ``{"class_path", "init_args"}`` dict becomes a partial."""
     if not isinstance(spec, dict):
         return spec
     if "class_path" not in spec:
         raise ValueError(f"an optimizer/scheduler given as a dict needs a 'class_path' key, got {sorted(spec)}")
-    module_name, _, class_name = spec["class_path"].rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"cannot import {spec['class_path']!r}: {err}") from err
-    return functools.partial(cls, **(spec.get("init_args") or {}))
+    return functools.partial(import_class(spec["class_path"]), **(spec.get("init_args") or {}))
 
 
 def build_optimizers(

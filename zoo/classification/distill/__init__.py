@@ -8,7 +8,7 @@ student's and the teacher's logits.
 Two sources of the teacher's logits:
 
 - **A teacher network** (``teacher_checkpoint``: a zoo Lightning checkpoint): rebuilt from the
-  checkpoint's ``backbone`` hyperparameters, frozen, always in eval mode, and run on the very
+  checkpoint's ``network`` hyperparameters, frozen, always in eval mode, and run on the very
   batch the student sees (augmentation included). It is not a registered submodule: it is neither
   trained nor saved in the student's checkpoint, so a student checkpoint is an ordinary
   classifier's (``ImageClassifier.load_from_checkpoint`` reads it too).
@@ -30,28 +30,20 @@ Logged: ``train/loss_kd``, ``train/loss_ce`` (the two parts, before weighting), 
 
 from __future__ import annotations
 
-import argparse
-import importlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import yaml
-from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torchmetrics.classification import MulticlassAccuracy
 
-from zoo.classification.finetune import (
-    PretrainedWeightsError,
-    is_restoring_from_checkpoint,
-    load_pretrained,
-    read_weights_file,
-)
+from zoo.classification.finetune import load_pretrained
 from zoo.classification.models.googlenet import main_logits
 from zoo.classification.module import ImageClassifier
-from zoo.registry import create_model
+from zoo.core.registry import create_model
+from zoo.core.weights import PretrainedWeightsError, read_weights_file
 
 
 def distillation_loss(
@@ -75,21 +67,22 @@ def distillation_loss(
 
 
 def load_teacher(checkpoint_path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The network of a zoo classifier checkpoint (any ``ImageClassifier`` subclass), rebuilt from
-    its hyperparameters (``backbone``, ``num_classes``, ``in_channels``, ``backbone_kwargs``), with its
-    weights, frozen and in eval mode; and those hyperparameters."""
+    """The network of a zoo classifier checkpoint (any ``ImageClassifier`` subclass, any checkpoint format),
+    rebuilt from its hyperparameters (``network``, ``num_classes``, ``in_channels``, ``network_kwargs``), with
+    its weights, frozen and in eval mode; and those hyperparameters."""
     checkpoint = read_weights_file(checkpoint_path)
     hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-    if not hparams or "backbone" not in hparams:
+    hparams = ImageClassifier.migrate_hyperparameters(hparams or {})
+    if "network" not in hparams:
         raise PretrainedWeightsError(
             f"{checkpoint_path} is not a zoo classifier checkpoint (no 'hyper_parameters' with a "
-            f"'backbone'). "
+            f"'network'). "
             f"A teacher is given as the .ckpt file of a zoo training run; for a teacher from elsewhere, "
             f"write its logits to a file and use teacher_logits instead."
         )
     net = create_model(
-        hparams["backbone"], family="classification", num_classes=hparams["num_classes"],
-        in_channels=hparams["in_channels"], **(hparams.get("backbone_kwargs") or {}),
+        hparams["network"], family="classification", num_classes=hparams["num_classes"],
+        in_channels=hparams["in_channels"], **(hparams.get("network_kwargs") or {}),
     )
     load_pretrained(net, checkpoint_path, strict_head=True, contents=checkpoint)
     net.eval().requires_grad_(False)
@@ -111,9 +104,9 @@ def read_teacher_logits(path: str | Path) -> dict[str, torch.Tensor | None]:
 
 
 class DistillationClassifier(ImageClassifier):
-    """An :class:`ImageClassifier` (the student, ``backbone``) trained on a teacher's softened outputs.
+    """An :class:`ImageClassifier` (the student, ``network``) trained on a teacher's softened outputs.
 
-    Args (besides :class:`ImageClassifier`'s):
+    Args (besides :class:`ImageClassifier`'s, all of which it takes: ``**kwargs``):
         teacher_checkpoint: a zoo classifier checkpoint (``.ckpt``) of the teacher network.
         teacher_logits: black-box alternative: a file of the teacher's logits on the official
             training split (module docstring); give one of the two.
@@ -126,31 +119,13 @@ class DistillationClassifier(ImageClassifier):
 
     def __init__(
         self,
-        backbone: str = "convnet",
-        num_classes: int = 10,
-        in_channels: int = 1,
-        backbone_kwargs: dict[str, Any] | None = None,
-        label_smoothing: float = 0.0,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        lr_scheduler_interval: Literal["auto", "step", "epoch"] = "auto",
-        class_names: list[str] | None = None,
-        pretrained: str | None = None,
-        freeze_stages: int = 0,
-        unfreeze_at_epoch: int | None = None,
-        unfreeze_lr_factor: float = 0.1,
         teacher_checkpoint: str | None = None,
         teacher_logits: str | None = None,
         temperature: float = 4.0,
         alpha: float = 0.9,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            backbone=backbone, num_classes=num_classes, in_channels=in_channels,
-            backbone_kwargs=backbone_kwargs, label_smoothing=label_smoothing, optimizer=optimizer,
-            lr_scheduler=lr_scheduler, lr_scheduler_interval=lr_scheduler_interval, class_names=class_names,
-            pretrained=pretrained, freeze_stages=freeze_stages, unfreeze_at_epoch=unfreeze_at_epoch,
-            unfreeze_lr_factor=unfreeze_lr_factor,
-        )
+        super().__init__(**kwargs)
         if teacher_checkpoint and teacher_logits:
             raise ValueError(
                 "Give teacher_checkpoint (a teacher network) or teacher_logits (its outputs), not both."
@@ -161,13 +136,13 @@ class DistillationClassifier(ImageClassifier):
             raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
         self.temperature = temperature
         self.alpha = alpha
-        self.val_agreement = MulticlassAccuracy(num_classes, average="micro")
+        self.val_agreement = MulticlassAccuracy(self.num_classes, average="micro")
         # Plain attributes, not submodules: not trained, not in state_dict, not moved by Lightning
         # (moved to the student's device on use).
         self.__dict__["_teacher"] = None
         self.__dict__["_teacher_table"] = None
         self._checked_alignment: set[str] = set()
-        if not is_restoring_from_checkpoint():
+        if not self.restoring:
             if teacher_checkpoint:
                 self._load_teacher()
             if teacher_logits:
@@ -184,7 +159,7 @@ class DistillationClassifier(ImageClassifier):
                     f"and inputs."
                 )
         self.__dict__["_teacher"] = teacher
-        rank_zero_info(f"Teacher: {hparams['backbone']} from {self.hparams.teacher_checkpoint}")
+        rank_zero_info(f"Teacher: {hparams['network']} from {self.hparams.teacher_checkpoint}")
         return teacher
 
     def _load_table(self) -> dict[str, torch.Tensor | None]:
@@ -358,56 +333,3 @@ def write_teacher_logits(
         path,
     )
     return path
-
-
-def _key_value(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
-    return key, yaml.safe_load(value)
-
-
-def _datamodule_class(name: str) -> type:
-    if "." in name:
-        module, _, cls = name.rpartition(".")
-        return getattr(importlib.import_module(module), cls)
-    import datamodules
-
-    found = getattr(datamodules, name, None)
-    if found is None:
-        raise SystemExit(f"Unknown datamodule {name!r}; the zoo has: {', '.join(datamodules.__all__)}")
-    return found
-
-
-def main(argv: list[str] | None = None) -> Path:
-    """``python -m zoo.classification.distill --teacher a.ckpt --data MNISTDataModule --output logits.pt``"""
-    parser = argparse.ArgumentParser(
-        prog="python -m zoo.classification.distill",
-        description="Write a teacher's logits on a datamodule's official training split, for black-box "
-        "distillation (DistillationClassifier(teacher_logits=...)).",
-    )
-    parser.add_argument("--teacher", required=True, help="zoo classifier checkpoint (.ckpt) of the teacher")
-    parser.add_argument("--data", default="MNISTDataModule",
-                        help="datamodule class: a name from `datamodules` or a dotted path")
-    parser.add_argument("--data-dir", default=None, help="the datamodule's data_dir (default: $ZOO_DATA_DIR)")
-    parser.add_argument("--output", required=True, help="file to write (torch.save format)")
-    parser.add_argument("--batch-size", type=int, default=1000)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--arg", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
-                        help="another datamodule argument, e.g. --arg train_subset=1000 (repeatable)")
-    parser.add_argument("--only-used", action="store_true",
-                        help="only the rows of the training and validation images the datamodule uses")
-    args = parser.parse_args(argv)
-    cls = _datamodule_class(args.data)
-    kwargs = dict(args.arg)
-    if args.data_dir is not None:
-        kwargs["data_dir"] = args.data_dir
-    datamodule = cls(**kwargs)
-    path = write_teacher_logits(args.teacher, datamodule, args.output, args.batch_size, args.device,
-                                only_used=args.only_used)
-    print(f"Wrote the teacher's logits for {cls.__name__}'s training split to {path}")
-    return path
-
-
-if __name__ == "__main__":
-    main()

@@ -4,7 +4,8 @@ data), or torchmetrics' Inception v3 from a local weights file.
 Inception features (Heusel et al. 2017) were made for 299x299 colour photographs; on 28x28 digits a
 classifier trained on the digits themselves is the usual substitute, and costs no download. The
 zoo's default is LeNet-5 (``lenet5``) trained for one epoch on the MNIST training split (about
-98.5% test accuracy, half a minute on a CPU) by :func:`train_feature_classifier`:
+98.5% test accuracy, half a minute on a CPU) by the training script of this package
+(``zoo/generative/features/__main__.py``, :func:`zoo.generative.features.__main__.train_feature_classifier`):
 
     python -m zoo.generative.features --out checkpoints/fid_lenet5_mnist.ckpt
 
@@ -18,10 +19,7 @@ Every extractor here takes images in [0, 1] and converts them to what its networ
 
 from __future__ import annotations
 
-import argparse
-import functools
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn as nn
@@ -74,7 +72,7 @@ class ClassifierFeatures(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, mean: float = MNIST_MEAN, std: float = MNIST_STD) -> ClassifierFeatures:
-        """Load an ``ImageClassifier`` checkpoint (e.g. from :func:`train_feature_classifier`)."""
+        """Load an ``ImageClassifier`` checkpoint (e.g. from ``python -m zoo.generative.features``)."""
         from zoo.classification import ImageClassifier
 
         path = Path(path)
@@ -125,58 +123,3 @@ class InceptionFeatures(nn.Module):
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
         return self.inception((images.clamp(0, 1) * 255).to(torch.uint8)).reshape(len(images), -1)
-
-
-def train_feature_classifier(
-    out: str | Path,
-    data_dir: str | None = None,
-    backbone: str = "lenet5",
-    epochs: int = 1,
-    seed: int = 0,
-    fashion: bool = False,
-) -> Path:
-    """Train the FID feature classifier on real (Fashion-)MNIST and save its checkpoint to ``out``.
-
-    ``ImageClassifier(backbone)`` with AdamW (lr 2e-3), batch 128, no augmentation, for ``epochs``
-    epochs; the checkpoint loads with :meth:`ClassifierFeatures.from_checkpoint`.
-    """
-    import pytorch_lightning as pl
-
-    from datamodules import FashionMNISTDataModule, MNISTDataModule
-    from zoo.classification import ImageClassifier
-
-    pl.seed_everything(seed, verbose=False)
-    dm_class = FashionMNISTDataModule if fashion else MNISTDataModule
-    dm = dm_class(data_dir=data_dir, augment=False, batch_size=128)
-    model = ImageClassifier(
-        backbone=backbone,
-        optimizer=functools.partial(torch.optim.AdamW, lr=2e-3),  # stored as plain data (zoo.utils.optim)
-    )
-    trainer = pl.Trainer(
-        max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, accelerator="cpu", devices=1, num_sanity_val_steps=0,
-    )
-    trainer.fit(model, dm)
-    result = trainer.validate(model, dm, verbose=False)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    trainer.save_checkpoint(out)
-    acc = result[0].get("val/acc") if result else None
-    print(f"FID feature classifier {backbone}: val accuracy {acc:.4f}, saved to {out}")
-    return out
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train the FID feature classifier on real MNIST.")
-    parser.add_argument("--out", required=True, help="checkpoint path to write")
-    parser.add_argument("--data-dir", default=None, help="default: $ZOO_DATA_DIR, else ./data")
-    parser.add_argument("--backbone", default="lenet5")
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--fashion", action="store_true", help="Fashion-MNIST instead of MNIST")
-    args: Any = parser.parse_args(argv)
-    train_feature_classifier(args.out, args.data_dir, args.backbone, args.epochs, args.seed, args.fashion)
-
-
-if __name__ == "__main__":
-    main()

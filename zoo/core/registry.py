@@ -1,8 +1,14 @@
-"""One registry for every family of networks (classification, segmentation, ...).
+"""One registry for every family of networks (classification, segmentation, detection, generative).
 
 Shaped after timm's ``register_model`` / ``create_model`` / ``list_models``: a builder
 function is registered under a unique name and a family, ``create_model`` calls it with
 keyword overrides, ``list_models`` filters names with shell-style wildcards.
+
+This module imports no family: each family's ``models`` package registers its builders when it is
+imported, and ``import zoo`` imports them all (``zoo/__init__.py``).
+
+Convention: a builder argument named ``weights`` or ``*_weights`` is the path of a weights file
+(``ZooModule.build_network`` leaves it out while restoring a checkpoint, which holds the weights).
 """
 
 from __future__ import annotations
@@ -60,7 +66,6 @@ def register_model(
 
 def list_models(pattern: str = "*", family: str | None = None) -> list[str]:
     """Sorted names matching a shell-style ``pattern`` (``"resnet*"``), optionally in one family."""
-    _import_families()
     return sorted(
         n
         for n, e in _REGISTRY.items()
@@ -70,7 +75,6 @@ def list_models(pattern: str = "*", family: str | None = None) -> list[str]:
 
 def get_model_entry(name: str, family: str | None = None) -> ModelEntry:
     """The entry registered under ``name``; an :class:`UnknownModelError` listing close names otherwise."""
-    _import_families()
     entry = _REGISTRY.get(name)
     if entry is not None and (family is None or entry.family == family):
         return entry
@@ -102,10 +106,3 @@ def create_model(name: str, family: str | None = None, **kwargs: Any) -> nn.Modu
         )
     return entry.builder(**kwargs)
 
-
-def _import_families() -> None:
-    # Builders register themselves when their module is imported; importing the
-    # family packages here makes list/create work after a bare ``import zoo.registry``.
-    import zoo.classification.models  # noqa: F401
-    import zoo.detection.models  # noqa: F401
-    import zoo.segmentation.models  # noqa: F401

@@ -1,0 +1,180 @@
+"""``ZooModule``: the one LightningModule base under every family of the zoo.
+
+What it holds, so that no family writes it again (and no family drifts):
+
+- **the network by name**: :meth:`ZooModule.build_network` builds ``network`` from the registry family the
+  class names (``family``); the registry-name argument is called ``network`` in every family;
+- **hyperparameters** saved with ``save_hyperparameters()`` (the arguments of every ``__init__`` in the class
+  chain), optimizer and scheduler factories stored as plain ``{"class_path", "init_args"}`` data, so that
+  ``torch.load(weights_only=True)`` reads a checkpoint;
+- **optimisation**: a ``configure_optimizers`` taking any ``torch.optim`` class and any
+  ``torch.optim.lr_scheduler`` class (OneCycleLR's ``total_steps`` from the trainer; per-step or per-epoch);
+- **the restore guard**: ``load_from_checkpoint`` builds the module without reading any weight file named by
+  its hyperparameters (``pretrained``, ``weights``, ``*_weights``): the checkpoint holds the trained weights;
+- **the checkpoint identity**: every checkpoint saved carries the ``"zoo"`` entry
+  (:func:`zoo.core.checkpoint.checkpoint_identity`), and a checkpoint of another class is refused with both
+  names, whether it arrives by ``load_from_checkpoint`` or by the Trainer's ``ckpt_path``;
+- **older checkpoints**: hyperparameters saved under a name the class has since renamed
+  (``renamed_arguments``) are read under the new one;
+- **metric-state reset** at the start of every validation and test epoch (torchmetrics states created under
+  ``torch.inference_mode`` by an earlier ``trainer.validate``/``test``);
+- **the fit check**: ``num_classes`` / ``in_channels`` that disagree with the trainer's datamodule stop the run.
+
+Modelled on anomalib's ``AnomalibModule`` (one Lightning base over plain torch models) and smp's
+``SegmentationModel`` (one base holding what every architecture shares).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import pytorch_lightning as pl
+import torch
+import torch.nn as nn
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+
+from zoo.core.checkpoint import (
+    CheckpointError,
+    check_checkpoint_class,
+    checkpoint_identity,
+    checkpoint_model_class,
+    is_restoring_from_checkpoint,
+    restoring_from_checkpoint,
+)
+from zoo.core.checks import check_model_fits_data, release_inference_metric_states
+from zoo.core.optim import as_factory, build_optimizers, factory_spec
+from zoo.core.registry import create_model
+
+log = logging.getLogger(__name__)
+
+SchedulerInterval = Literal["auto", "step", "epoch"]
+
+
+def is_weights_argument(name: str) -> bool:
+    """Builder arguments that name a weights file by the zoo's convention: ``weights`` and ``*_weights``."""
+    return name == "weights" or name.endswith("_weights")
+
+
+class ZooModule(pl.LightningModule):
+    """Base of every LightningModule of the zoo (see the module docstring for what it holds).
+
+    Subclasses set ``family`` (the registry family their ``network`` names come from), call
+    ``super().__init__(optimizer=..., lr_scheduler=..., lr_scheduler_interval=...)`` first and build their
+    network with :meth:`build_network`.
+
+    Args:
+        optimizer: any ``torch.optim`` class with its arguments (``class_path``/``init_args`` in YAML).
+        lr_scheduler: any ``torch.optim.lr_scheduler`` class; OneCycleLR gets ``total_steps`` from the trainer
+            when not given.
+        lr_scheduler_interval: ``auto`` (per step for OneCycleLR / CyclicLR, else per epoch), ``step``, ``epoch``.
+    """
+
+    family: ClassVar[str | None] = None  # the registry family of ``network``
+    renamed_arguments: ClassVar[Mapping[str, str]] = {}  # old init-argument name -> current, read from checkpoints
+    monitor: ClassVar[str] = "val/loss"  # what ReduceLROnPlateau watches
+
+    def __init__(
+        self,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lr_scheduler_interval: SchedulerInterval = "auto",
+    ) -> None:
+        super().__init__()
+        # Collects the arguments of every __init__ in the class chain (Lightning walks the frames).
+        self.save_hyperparameters()
+        for key, value in list(self.hparams.items()):  # class path + arguments in the checkpoint, not a pickled partial
+            self.hparams[key] = factory_spec(value)
+        self.optimizer_factory = as_factory(optimizer)
+        self.lr_scheduler_factory = as_factory(lr_scheduler)
+        self.lr_scheduler_interval = lr_scheduler_interval
+        # True while load_from_checkpoint builds this module: weight files are not read then.
+        self.restoring = is_restoring_from_checkpoint()
+
+    # -- the network ------------------------------------------------------------------------------------------
+    def build_network(self, network: str, **kwargs: Any) -> nn.Module:
+        """The registered network ``network`` of this class's family, built with ``kwargs``; while restoring
+        from a checkpoint, weight-file arguments (``weights``, ``*_weights``) are left out."""
+        if self.restoring:
+            kwargs = {k: (None if is_weights_argument(k) else v) for k, v in kwargs.items()}
+        return create_model(network, family=self.family, **kwargs)
+
+    # -- checks -----------------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        check_model_fits_data(self, tuple(a for a in ("num_classes", "in_channels") if getattr(self, a, None)))
+
+    # -- optimisation -----------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        # Only trainable parameters: frozen layers (a fine-tuning callback freezes them before this runs) join
+        # the optimizer as their own parameter group when they are unfrozen.
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(f"{type(self).__name__} has no trainable parameters: everything is frozen.")
+        return build_optimizers(
+            params,
+            self.optimizer_factory,
+            self.lr_scheduler_factory,
+            total_steps=lambda: self.trainer.estimated_stepping_batches,
+            interval=self.lr_scheduler_interval,
+            monitor=self.monitor,
+        )
+
+    # -- metric states ----------------------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        release_inference_metric_states(self)
+
+    def on_test_epoch_start(self) -> None:
+        release_inference_metric_states(self)
+
+    # -- checkpoints ------------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["zoo"] = checkpoint_identity(self)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Called before the state dict is loaded (Trainer ckpt_path and load_from_checkpoint alike): a checkpoint
+        # of another model fails here with both classes named, not with a key mismatch.
+        check_checkpoint_class(checkpoint_model_class(checkpoint), type(self))
+
+    @classmethod
+    def migrate_hyperparameters(cls, hparams: Mapping[str, Any]) -> dict[str, Any]:
+        """Checkpoint hyperparameters as the current ``__init__`` takes them: names in ``renamed_arguments``
+        (of this class and its parents) are read under their current name."""
+        renames: dict[str, str] = {}
+        for klass in reversed(cls.__mro__):
+            renames.update(getattr(klass, "renamed_arguments", None) or {})
+        out = dict(hparams)
+        for old, new in renames.items():
+            if old in out and new not in out:
+                out[new] = out.pop(old)
+                log.info("%s: checkpoint hyperparameter %r read as %r (renamed)", cls.__name__, old, new)
+        return out
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls, checkpoint_path: str | Path | Any, map_location: Any = None, *args: Any, **kwargs: Any
+    ) -> Any:
+        """Lightning's ``load_from_checkpoint`` after checking that the file holds this class (or a subclass;
+        a :class:`~zoo.core.checkpoint.CheckpointError` names both otherwise); hyperparameters saved under
+        older names are read under the current ones, and no weight file they name is read (the restore guard)."""
+        source: Any = checkpoint_path
+        if isinstance(checkpoint_path, (str, Path)):
+            path = Path(checkpoint_path)
+            if not path.is_file():
+                raise CheckpointError(
+                    f"checkpoint {path} does not exist. Fix: pass the path of a .ckpt file "
+                    "(runs/<name>/version_<n>/checkpoints/)."
+                )
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+            check_checkpoint_class(checkpoint_model_class(checkpoint), cls, path)
+            hparams = checkpoint.get("hyper_parameters") or {}
+            migrated = cls.migrate_hyperparameters(hparams)
+            if list(migrated) != list(hparams):
+                checkpoint["hyper_parameters"] = migrated
+                source = io.BytesIO()
+                torch.save(checkpoint, source)
+                source.seek(0)
+        with restoring_from_checkpoint():
+            return super().load_from_checkpoint(source, map_location, *args, **kwargs)
