@@ -12,6 +12,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -130,3 +131,32 @@ class TimeBudget(pl.Callback):
                     group["lr"] = self.lr_at(fraction)
         self.steps += 1
         return None
+
+    def fit(
+        self, model: pl.LightningModule, datamodule: pl.LightningDataModule, **trainer_kwargs: Any
+    ) -> tuple[pl.Trainer, float]:
+        """Train ``model`` until this budget stops it, with a :func:`train_only_trainer` (``trainer_kwargs``: its
+        other arguments); returns the trainer and the wall seconds of the fit."""
+        trainer = train_only_trainer(callbacks=[self], **trainer_kwargs)
+        start = time.perf_counter()
+        trainer.fit(model, datamodule=datamodule)
+        return trainer, time.perf_counter() - start
+
+
+def train_only_trainer(**kwargs: Any) -> pl.Trainer:
+    """A Trainer that only trains, as the benchmarks time it: no validation loop or sanity check, no logger,
+    checkpoints or model summary. ``kwargs``: the other ``pl.Trainer`` arguments (``callbacks``, ``precision``...)."""
+    return pl.Trainer(
+        limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+        enable_model_summary=False, **kwargs,
+    )  # fmt: skip
+
+
+def validation_metrics(model: pl.LightningModule, datamodule: pl.LightningDataModule, **trainer_kwargs: Any) -> dict:
+    """The metrics of one validation pass, by a fresh quiet Trainer (no logger, checkpoints, model summary or
+    progress bar) in float32 whatever the training precision was (for detection: bf16 boxes lose ~0.5 px)."""
+    evaluator = pl.Trainer(
+        logger=False, enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
+        **trainer_kwargs,
+    )  # fmt: skip
+    return evaluator.validate(model, datamodule=datamodule, verbose=False)[0]

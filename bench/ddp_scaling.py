@@ -33,7 +33,7 @@ import pytorch_lightning as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import data_dir, machine, markdown_table, write_json  # noqa: E402
+from _common import data_dir, machine, markdown_table, train_only_trainer, write_json  # noqa: E402
 
 WORKLOADS = ("classifier", "segmenter")
 
@@ -86,18 +86,13 @@ def worker(args: argparse.Namespace) -> None:
     model, dm, batch = build(args.workloads[0], args.data)
     timer = StepTimer(args.warmup, args.steps)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = pl.Trainer(
+        trainer = train_only_trainer(
             accelerator=args.accelerator,
             devices=devices,
             strategy="ddp" if devices > 1 else "auto",
             precision=args.precision,
             max_steps=args.warmup + args.steps,
-            limit_val_batches=0,
-            num_sanity_val_steps=0,
-            logger=False,
-            enable_checkpointing=False,
             enable_progress_bar=False,
-            enable_model_summary=False,
             callbacks=[timer],
             default_root_dir=tmp,
         )

@@ -120,7 +120,7 @@ def _generation(args: argparse.Namespace, data_dir: Path, work: Path) -> Family:
     fid = Path(args.fid_classifier) if args.fid_classifier else None
     if fid is not None and not fid.is_file():
         print(f"note: no FID feature classifier at {fid}: generation runs without FID (1-NN test on pixels). "
-              "`python -m zoo.generative.features --out PATH` trains one.")  # fmt: skip
+              "`python -m zoo.evaluation.fid_features --out PATH` trains one.")  # fmt: skip
         fid = None
     model = VAE(network="vae_conv", latent_dim=16, beta=1.0, loss="bce", metric_samples=1000,
                 fid_classifier=str(fid) if fid else None)  # fmt: skip

@@ -39,8 +39,8 @@ from _common import ROOT, data_dir, machine, markdown_table, write_json  # noqa:
 
 from datamodules import MNISTDataModule  # noqa: E402
 from zoo.cli import main  # noqa: E402
+from zoo.evaluation.fid_features import train_feature_classifier  # noqa: E402
 from zoo.generative.features import ClassifierFeatures  # noqa: E402
-from zoo.generative.features.__main__ import train_feature_classifier  # noqa: E402
 from zoo.generative.metrics import extract_features, frechet_distance, one_nn_accuracy  # noqa: E402
 
 CONFIGS = {

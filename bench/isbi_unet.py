@@ -45,7 +45,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import TimeBudget, add_precision_argument, data_dir, markdown_table, write_json  # noqa: E402
+from _common import TimeBudget, add_precision_argument, data_dir, markdown_table, validation_metrics, write_json  # noqa: E402
 
 from datamodules import ISBI2012DataModule  # noqa: E402
 from zoo.segmentation import SemanticSegmenter, unet_weight_map  # noqa: E402
@@ -120,26 +120,11 @@ def run(name: str, args: argparse.Namespace, root: Path) -> dict:
     model, dm = build(name, args, root)
     budget = TimeBudget(args.budget_minutes * 60, max_lr=args.lr, warmup=0.05)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = pl.Trainer(
-            max_epochs=-1,
-            precision=args.precision,
-            limit_val_batches=0,
-            num_sanity_val_steps=0,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            callbacks=[budget],
-            default_root_dir=tmp,
+        trainer, train_s = budget.fit(
+            model, dm, max_epochs=-1, precision=args.precision, enable_progress_bar=False, default_root_dir=tmp
         )
         start = time.perf_counter()
-        trainer.fit(model, dm)
-        train_s = time.perf_counter() - start
-        evaluator = pl.Trainer(
-            logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp
-        )
-        start = time.perf_counter()
-        metrics = evaluator.validate(model, dm, verbose=False)[0]
+        metrics = validation_metrics(model, dm, default_root_dir=tmp)
         eval_s = time.perf_counter() - start
         flipped = evaluate_with_flips(model, dm)
     return {

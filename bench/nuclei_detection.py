@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench._common import TimeBudget, data_dir, markdown_table, write_json  # noqa: E402
+from bench._common import TimeBudget, data_dir, markdown_table, validation_metrics, write_json  # noqa: E402
 from datamodules.coco import COCODetectionDataModule  # noqa: E402
 from zoo.detection import ObjectDetector  # noqa: E402
 
@@ -61,16 +60,8 @@ def run(args: argparse.Namespace) -> dict:
         optimizer=lambda p: torch.optim.AdamW(p, lr=args.lr, weight_decay=1e-4),
     )  # fmt: skip
     budget = TimeBudget(args.minutes * 60, max_lr=args.lr, warmup=0.05)
-    trainer = pl.Trainer(
-        max_epochs=100_000, limit_val_batches=0, logger=False, enable_checkpointing=False, callbacks=[budget],
-        enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=10, precision=args.precision,
-    )  # fmt: skip
-    start = time.monotonic()
-    trainer.fit(model, datamodule=dm)
-    train_s = time.monotonic() - start
-    evaluator = pl.Trainer(logger=False, enable_checkpointing=False, enable_model_summary=False,
-                           enable_progress_bar=False)  # fp32: bf16 boxes lose ~0.5 px
-    metrics = evaluator.validate(model, datamodule=dm, verbose=False)[0]
+    trainer, train_s = budget.fit(model, dm, max_epochs=100_000, log_every_n_steps=10, precision=args.precision)
+    metrics = validation_metrics(model, dm)
     images = trainer.global_step * args.batch_size
     return {
         "network": args.network, "minutes": args.minutes, "train_seconds": round(train_s, 1),

@@ -17,7 +17,7 @@ import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.distributed import make_dataloader
+from datamodules.distributed import make_split_loader
 from datamodules.transforms import random_affine_batch
 
 NORMALIZATIONS = ("mean_std", "unit", "symmetric")
@@ -157,21 +157,30 @@ class InMemoryClassificationDataModule(pl.LightningDataModule):
         normalization: Literal["mean_std", "unit", "symmetric"] = "mean_std",
         anomaly_class: int | None = None,
     ) -> None:
+        """
+        Args:
+            batch_size: training batch size (evaluation uses ``eval_batch_size``).
+            num_workers: DataLoader worker processes; 0 is fastest for in-memory data.
+            val_size: images of the official training set held out for validation.
+            split_seed: seed of the train/validation split (independent of the training seed).
+            augment: random rotation / scale / shift of training batches (never val/test).
+            rotation_degrees: the augmentation's random rotation, up to +- this many degrees.
+            translate_px: the augmentation's random shift, up to +- this many pixels in x and y.
+            scale: the augmentation's random isotropic scaling, by a factor in 1 +- ``scale``.
+            eval_batch_size: validation and test batch size.
+            train_subset: keep a deterministic class-balanced subset of this many training images.
+            return_indices: batches carry each image's index in the official split as a third element.
+            normalization: ``mean_std`` (classifiers), ``unit`` ([0, 1]) or ``symmetric`` ([-1, 1]) pixels.
+            anomaly_class: leave this class out of the training split (anomaly detection).
+        """
         super().__init__()
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}; got {normalization!r}")
-        self.normalization = normalization
-        self.anomaly_class = anomaly_class
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size
-        self.num_workers = num_workers
-        self.val_size = val_size
-        self.split_seed = split_seed
-        self.augment = augment
-        self.rotation_degrees = rotation_degrees
-        self.translate_px = translate_px
-        self.scale = scale
-        self.train_subset = train_subset
+        self.normalization, self.anomaly_class = normalization, anomaly_class
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.val_size, self.split_seed, self.train_subset = val_size, split_seed, train_subset
+        self.augment, self.rotation_degrees = augment, rotation_degrees
+        self.translate_px, self.scale = translate_px, scale
         self.return_indices = return_indices
         self.train_set: TensorImageDataset | None = None
         self.val_set: TensorImageDataset | None = None
@@ -240,16 +249,7 @@ class InMemoryClassificationDataModule(pl.LightningDataModule):
         # Read when the loader is made, so that a model may switch it on in its own setup
         # (zoo.classification.distill does, for black-box distillation).
         dataset.return_indices = self.return_indices
-        # Resumable mid-epoch when shuffling; every sample evaluated once under DDP otherwise (datamodules.distributed).
-        return make_dataloader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle and len(dataset) > batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=collate_batch,
-        )
+        return make_split_loader(dataset, batch_size, shuffle, self.num_workers, collate_batch)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True, batch_size=self.batch_size)

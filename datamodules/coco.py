@@ -40,7 +40,7 @@ import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.distributed import make_dataloader
+from datamodules.distributed import make_split_loader
 from datamodules.paths import resolve_data_dir
 from datamodules.transforms import seed_transform
 
@@ -530,16 +530,7 @@ class COCODetectionDataModule(pl.LightningDataModule):
     def _loader(self, dataset: Dataset | None, shuffle: bool, batch_size: int) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for a dataloader")
-        # Resumable mid-epoch when shuffling; every sample evaluated once under DDP otherwise (datamodules.distributed).
-        return make_dataloader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle and len(dataset) > batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=collate_detection,
-        )
+        return make_split_loader(dataset, batch_size, shuffle, self.num_workers, collate_detection)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, True, self.batch_size)

@@ -5,6 +5,8 @@ datamodule runs anywhere with no download. The zoo's smoke-test and quick-start 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from datamodules.base import InMemoryClassificationDataModule
@@ -24,31 +26,25 @@ class DigitsDataModule(InMemoryClassificationDataModule):
     def __init__(
         self,
         batch_size: int = 64,
-        num_workers: int = 0,
         val_size: int = 180,
         test_size: int = 360,
-        split_seed: int = 0,
-        augment: bool = True,
         rotation_degrees: float = 8.0,
         translate_px: float = 0.5,
         scale: float = 0.05,
         eval_batch_size: int = 512,
-        train_subset: int | None = None,
-        return_indices: bool = False,
+        **kwargs: Any,
     ) -> None:
+        """
+        Args:
+            test_size: images carved out first as the test split (the rest is split into training and
+                validation, ``val_size`` images, by ``split_seed``).
+            **kwargs: the other options of :class:`~datamodules.base.InMemoryClassificationDataModule`
+                (whose batching, splitting and augmentation defaults are restated here for 8x8 images).
+        """
         super().__init__(
-            batch_size=batch_size,
-            num_workers=num_workers,
-            val_size=val_size,
-            split_seed=split_seed,
-            augment=augment,
-            rotation_degrees=rotation_degrees,
-            translate_px=translate_px,
-            scale=scale,
-            eval_batch_size=eval_batch_size,
-            train_subset=train_subset,
-            return_indices=return_indices,
-        )
+            batch_size=batch_size, eval_batch_size=eval_batch_size, val_size=val_size,
+            rotation_degrees=rotation_degrees, translate_px=translate_px, scale=scale, **kwargs,
+        )  # fmt: skip
         self.test_size = test_size
 
     def _all(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -216,6 +216,23 @@ def make_dataloader(
     return DataLoader(dataset, sampler=EverySampleOnceSampler(dataset), **common)  # type: ignore[arg-type]
 
 
+def make_split_loader(
+    dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int = 0, collate_fn: Any = None
+) -> DataLoader:
+    """The loader of a datamodule's split, with the zoo's datamodule settings: a training split (``shuffle=True``)
+    drops its last incomplete batch unless that is its only batch; workers persist across epochs. Resumable
+    mid-epoch when shuffling, every sample evaluated once under DDP otherwise (:func:`make_dataloader`)."""
+    return make_dataloader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=shuffle and len(dataset) > batch_size,  # type: ignore[arg-type]
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        collate_fn=collate_fn,
+    )
+
+
 def batches_per_rank(num_samples: int, batch_size: int, world_size: int) -> list[int]:
     """Evaluation batches each rank runs under :class:`EverySampleOnceSampler` (they differ by at most one)."""
     return [math.ceil(len(range(r, num_samples, world_size)) / batch_size) for r in range(world_size)]
@@ -227,5 +244,6 @@ __all__ = [
     "batches_per_rank",
     "capture_rng_states",
     "make_dataloader",
+    "make_split_loader",
     "restore_rng_states",
 ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import gzip
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -84,54 +84,16 @@ class MNISTDataModule(InMemoryClassificationDataModule):
         False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
     }
 
-    def __init__(
-        self,
-        data_dir: str | None = None,
-        download: bool = True,
-        batch_size: int = 128,
-        num_workers: int = 0,
-        val_size: int = 5000,
-        split_seed: int = 0,
-        augment: bool = True,
-        rotation_degrees: float = 10.0,
-        translate_px: float = 2.0,
-        scale: float = 0.1,
-        eval_batch_size: int = 1000,
-        train_subset: int | None = None,
-        return_indices: bool = False,
-        normalization: Literal["mean_std", "unit", "symmetric"] = "mean_std",
-        anomaly_class: int | None = None,
-    ) -> None:
+    def __init__(self, data_dir: str | None = None, download: bool = True, **kwargs: Any) -> None:
         """
         Args:
             data_dir: folder holding the IDX files (see the module docstring for the layouts
                 searched). Default: ``$ZOO_DATA_DIR``, else ``./data``.
             download: download the files into ``data_dir`` when they are missing.
-            batch_size: training batch size (evaluation uses ``eval_batch_size``).
-            num_workers: DataLoader worker processes; 0 is fastest for in-memory data.
-            val_size: images of the official training set held out for validation.
-            split_seed: seed of the train/validation split (independent of the training seed).
-            augment: random rotation / scale / shift of training batches (never val/test).
-            train_subset: keep a deterministic class-balanced subset of this many training images.
-            return_indices: batches carry each image's index in the official split as a third element.
-            normalization: ``mean_std`` (classifiers), ``unit`` ([0, 1]) or ``symmetric`` ([-1, 1]) pixels.
-            anomaly_class: leave this digit out of the training split (anomaly detection).
+            **kwargs: batching, splitting, augmentation and the other options of
+                :class:`~datamodules.base.InMemoryClassificationDataModule`.
         """
-        super().__init__(
-            batch_size=batch_size,
-            num_workers=num_workers,
-            val_size=val_size,
-            split_seed=split_seed,
-            augment=augment,
-            rotation_degrees=rotation_degrees,
-            translate_px=translate_px,
-            scale=scale,
-            eval_batch_size=eval_batch_size,
-            train_subset=train_subset,
-            return_indices=return_indices,
-            normalization=normalization,
-            anomaly_class=anomaly_class,
-        )
+        super().__init__(**kwargs)
         self.data_dir = resolve_data_dir(data_dir)
         self.download = download
 

@@ -39,7 +39,7 @@ from PIL import Image
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.distributed import make_dataloader
+from datamodules.distributed import make_dataloader, make_split_loader
 from datamodules.paths import resolve_data_dir
 from datamodules.transforms import seed_transform, segmentation_train_transform
 from datamodules.weight_maps import WeightMapCache
@@ -517,14 +517,8 @@ class SegmentationFolderDataModule(pl.LightningDataModule):
             self.split_seed,
         )
         # Resumable mid-epoch (position and random states in the checkpoint): datamodules.distributed.
-        return make_dataloader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=True,
-            drop_last=len(dataset) > self.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=collate_segmentation,
+        return make_split_loader(
+            dataset, self.batch_size, shuffle=True, num_workers=self.num_workers, collate_fn=collate_segmentation
         )
 
     def _eval_loader(self, dataset: Dataset) -> DataLoader:

@@ -20,6 +20,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 
 import datamodules  # noqa: F401  (registers the datamodules for short class names)
 import zoo  # noqa: F401  (imports every family: their LightningModules resolve by class path)
@@ -38,7 +39,30 @@ from zoo.core.reliability import FailureGuard, ResumeCheckpoint, install_atomic_
 DATA_TO_MODEL_LINKS = ("num_classes", "in_channels", "class_names")
 
 
+# Model arguments that define the shapes of a checkpoint's weights: a value given on the command line that differs
+# from the checkpoint's is an error (the weights would not fit), where any other given argument wins over it.
+WEIGHT_SHAPE_ARGUMENTS = ("network", "network_kwargs", "num_classes", "in_channels")
+
+
 class ZooCLI(LightningCLI):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # The words the user typed: what was given explicitly (and so must take effect) is read from them.
+        raw = kwargs.get("args")
+        self.command_line: list[str] = [str(a) for a in (sys.argv[1:] if raw is None else raw)]
+        super().__init__(*args, **kwargs)
+
+    def given_model_arguments(self) -> set[str]:
+        """The model init arguments given on the command line (``--model.init_args.X`` or ``--model.X``)."""
+        given = set()
+        for word in self.command_line:
+            for prefix in ("--model.init_args.", "--model."):
+                if word.startswith(prefix):
+                    name = word[len(prefix):].split("=", 1)[0].split(".", 1)[0]
+                    if name not in ("class_path", "init_args", "dict_kwargs"):
+                        given.add(name)
+                    break
+        return given
+
     def before_instantiate_classes(self) -> None:
         # An unknown network name fails here with the registry's message (close names listed),
         # instead of deep inside jsonargparse's instantiation of the model.
@@ -50,9 +74,37 @@ class ZooCLI(LightningCLI):
             return
         model_class = import_class(model["class_path"])
         family = getattr(model_class, "family", None)
-        name = (model.get("init_args") or {}).get("network")  # the registry-name argument of every ZooModule
+        init_args = model.get("init_args") or {}
+        name = init_args.get("network")  # the registry-name argument of every ZooModule
         if family and isinstance(name, str):
-            get_model_entry(name, family)
+            entry = get_model_entry(name, family)
+            self._fit_network_kwargs(init_args, entry)
+
+    def _fit_network_kwargs(self, init_args: Any, entry: Any) -> None:
+        """``network_kwargs`` that the chosen network's builder does not take: dropped with a warning when the user
+        changed ``network`` on the command line and left the config's ``network_kwargs`` (they were the previous
+        network's), an error naming them and the builder's arguments otherwise."""
+        kwargs = init_args.get("network_kwargs")
+        if not kwargs or entry.takes_any_keyword:
+            return
+        foreign = sorted(k for k in kwargs if k not in entry.parameters)
+        if not foreign:
+            return
+        given = self.given_model_arguments()
+        if "network" in given and "network_kwargs" not in given:
+            kept = {k: v for k, v in kwargs.items() if k not in foreign}
+            rank_zero_warn(
+                f"network_kwargs {{{', '.join(f'{k}: {kwargs[k]!r}' for k in foreign)}}} of the config are not "
+                f"arguments of {entry.name!r} (the network given on the command line): left out. {entry.name} takes "
+                f"{', '.join(entry.parameters)}; set them with --model.init_args.network_kwargs '{{...}}'."
+            )
+            init_args["network_kwargs"] = kept or None
+            return
+        raise ValueError(
+            f"network_kwargs {foreign} are not arguments of {entry.name!r}; its arguments are: "
+            f"{', '.join(entry.parameters)}. Fix: remove them from model.init_args.network_kwargs, or choose the "
+            f"network they belong to."
+        )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Every subcommand's parser gets these (LightningCLI does not say which one it builds); only test reads them.
@@ -82,7 +134,39 @@ class ZooCLI(LightningCLI):
             callbacks = [c for c in callbacks if not isinstance(c, ResumeCheckpoint)]
         return super()._instantiate_trainer(config, callbacks)
 
+    def config_file_model_arguments(self) -> set[str]:
+        """The model init arguments that the ``--config`` files set."""
+        import yaml
+
+        given: set[str] = set()
+        words = self.command_line
+        for i, word in enumerate(words):
+            path = word.split("=", 1)[1] if word.startswith("--config=") else (
+                words[i + 1] if word == "--config" and i + 1 < len(words) else None)
+            if path and Path(path).is_file():
+                model = (yaml.safe_load(Path(path).read_text()) or {}).get("model") or {}
+                given |= set(model.get("init_args") or {}) if isinstance(model, dict) else set()
+        return given
+
+    def _check_linked_arguments(self) -> None:
+        """A ``num_classes`` / ``in_channels`` / ``class_names`` that the user set (command line or config file)
+        and that disagrees with the datamodule's stops the run: the link would silently replace it."""
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        init_args = (config.get("model") or {}).get("init_args") or {}
+        given = self.given_model_arguments() | self.config_file_model_arguments()
+        for name in DATA_TO_MODEL_LINKS:
+            if name not in given or not hasattr(self.datamodule, name) or not hasattr(self.model, name):
+                continue
+            mine, data = _plain(init_args.get(name)), _attribute(name)(self.datamodule)
+            if mine is not None and data is not None and mine != data:
+                raise ValueError(
+                    f"model {name}={mine} but the data ({type(self.datamodule).__name__}) has {name}={data}. "
+                    f"Fix: set model {name} to {data}, or leave it out of the config and the command line: "
+                    f"train.py links it from the data."
+                )
+
     def after_instantiate_classes(self) -> None:
+        self._check_linked_arguments()
         if self.subcommand != "test":
             return
         config = self.config[self.subcommand]
@@ -118,6 +202,7 @@ class ZooCLI(LightningCLI):
         class_key = hparams.pop("_class_path", None) or found
         if hasattr(model_class, "migrate_hyperparameters"):
             hparams = model_class.migrate_hyperparameters(hparams)
+        hparams = self._without_given_arguments(hparams, ckpt_path)
         update = {"class_path": class_key, "dict_kwargs": hparams} if class_key else hparams
         try:
             self.config = self.parser.parse_object({subcommand: {"model": update}}, self.config)
@@ -125,12 +210,39 @@ class ZooCLI(LightningCLI):
             sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
             raise
 
+    def _without_given_arguments(self, hparams: dict[str, Any], ckpt_path: str) -> dict[str, Any]:
+        """The checkpoint's hyperparameters less those the user gave on the command line, which win (an
+        ``output_dir``, a ``tile_size``); one that fixes the weights' shapes must agree with the checkpoint."""
+        given = self.given_model_arguments() & set(hparams)
+        if not given:
+            return hparams
+        subcommand = self.config.get("subcommand")
+        init_args = self.config[subcommand]["model"].get("init_args") or {}
+        for name in sorted(given & set(WEIGHT_SHAPE_ARGUMENTS)):
+            mine, theirs = init_args.get(name), hparams[name]
+            if _plain(mine) != _plain(theirs):
+                raise ValueError(
+                    f"--model.init_args.{name} {mine!r} differs from the checkpoint's {name}={theirs!r} "
+                    f"({ckpt_path}): the checkpoint's weights have the shapes of its own. Fix: leave {name} out "
+                    f"(the checkpoint's is used), or give a checkpoint trained with {name}={mine!r}."
+                )
+        return {k: v for k, v in hparams.items() if k not in given}
+
     def before_test(self) -> None:
         # Weights that do not fit the built network (an older, incompatible checkpoint): name the keys and the
         # checkpoint's version instead of Lightning's bare load_state_dict error.
         ckpt_path = self.config["test"].get("ckpt_path")
         if ckpt_path and Path(ckpt_path).is_file():
             check_state_dict_compatible(read_checkpoint_info(ckpt_path), self.model)
+
+
+def _plain(value: Any) -> Any:
+    """Config values (jsonargparse Namespaces, tuples) as plain dicts and lists, to compare them."""
+    if hasattr(value, "as_dict"):
+        return value.as_dict()
+    if isinstance(value, tuple):
+        return list(value)
+    return value
 
 
 def _attribute(name: str) -> Any:

@@ -183,28 +183,22 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> str:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                if dynamo:
-                    torch.onnx.export(
-                        model,
-                        (example,),
-                        str(path),
-                        dynamo=True,
-                        opset_version=ONNX_OPSET,
-                        input_names=["image"],
-                        output_names=["logits"],
-                        dynamic_shapes={"image": {0: torch.export.Dim("batch", max=4096)}},
-                    )
-                else:
-                    torch.onnx.export(
-                        model,
-                        (example,),
-                        str(path),
-                        dynamo=False,
-                        opset_version=ONNX_OPSET,
-                        input_names=["image"],
-                        output_names=["logits"],
-                        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-                    )
+                # the batch dimension is dynamic, said each exporter's way
+                batch = (
+                    {"dynamic_shapes": {"image": {0: torch.export.Dim("batch", max=4096)}}}
+                    if dynamo
+                    else {"dynamic_axes": {"image": {0: "batch"}, "logits": {0: "batch"}}}
+                )
+                torch.onnx.export(
+                    model,
+                    (example,),
+                    str(path),
+                    dynamo=dynamo,
+                    opset_version=ONNX_OPSET,
+                    input_names=["image"],
+                    output_names=["logits"],
+                    **batch,
+                )
             return "torch.export (dynamo)" if dynamo else "TorchScript-based"
         except Exception as error:  # noqa: BLE001  (each exporter fails its own way; both reasons are reported)
             errors.append(

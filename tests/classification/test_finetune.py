@@ -148,19 +148,11 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
 
 # name: (head, number of stages); built with in_channels=3 and run on 32x32 images (AlexNet: 64x64)
 NETWORKS = {
-    "convnet": ("classifier.2", 3),
-    "lenet5": ("classifier.3", 3),
-    "resnet20": ("fc", 4),
-    "resnet18": ("fc", 5),
-    "seresnet50": ("fc", 5),
-    "vgg11_bn": ("classifier.6", 5),
-    "alexnet": ("classifier.6", 3),
-    "squeezenet1_1": ("classifier.1", 4),
-    "mobilenet_v3_small": ("classifier.3", 5),
-    "densenet_bc100": ("classifier", 4),
-    "googlenet": ("fc", 4),
-    "nin": ("features.6.4", 3),
-}
+    "convnet": ("classifier.2", 3), "lenet5": ("classifier.3", 3), "resnet20": ("fc", 4), "resnet18": ("fc", 5),
+    "seresnet50": ("fc", 5), "vgg11_bn": ("classifier.6", 5), "alexnet": ("classifier.6", 3),
+    "squeezenet1_1": ("classifier.1", 4), "mobilenet_v3_small": ("classifier.3", 5),
+    "densenet_bc100": ("classifier", 4), "googlenet": ("fc", 4), "nin": ("features.6.4", 3),
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", list(NETWORKS))

@@ -16,6 +16,15 @@ from zoo.detection import ObjectDetector
 from zoo.export import detection_difference, export_checkpoint, export_module
 
 
+def _break_torch_jit(monkeypatch: pytest.MonkeyPatch, function: str, message: str) -> None:
+    """Make ``torch.jit.<function>`` raise ``RuntimeError(message)``, as an exporter that cannot handle a model does."""
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError(message)
+
+    monkeypatch.setattr(torch.jit, function, refuse)
+
+
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_classifier_export_matches_pytorch_on_a_real_test_image(mnist_run, tmp_path, fmt):
     ckpt, _ = mnist_run
@@ -98,11 +107,7 @@ def test_faster_rcnn_onnx_export_matches_pytorch_at_any_image_size(tmp_path):
 
 def test_detector_that_cannot_export_says_why(tmp_path, monkeypatch):
     module = ObjectDetector("ssdlite320_mobilenet_v3_large", num_classes=2, image_size=64)
-
-    def refuse(*args, **kwargs):
-        raise RuntimeError("Could not compile detector foo")
-
-    monkeypatch.setattr(torch.jit, "script", refuse)
+    _break_torch_jit(monkeypatch, "script", "Could not compile detector foo")
     report = export_module(module, "torchscript", tmp_path / "d.pt", torch.rand(1, 3, 64, 64))
     assert report["exported"] is False
     assert report["reason"] == "torch.jit.script: RuntimeError: Could not compile detector foo"
@@ -123,11 +128,7 @@ def test_detection_difference_ignores_the_order_of_detections_and_counts_them():
 
 def test_export_of_a_model_that_cannot_export_says_why(tmp_path, monkeypatch):
     module = ImageClassifier("lenet5", num_classes=10, in_channels=1)
-
-    def refuse(*args, **kwargs):
-        raise RuntimeError("unsupported operator foo")
-
-    monkeypatch.setattr(torch.jit, "trace", refuse)
+    _break_torch_jit(monkeypatch, "trace", "unsupported operator foo")
     report = export_module(module, "torchscript", tmp_path / "m.pt", torch.randn(1, 1, 28, 28))
     assert report["exported"] is False and "unsupported operator foo" in report["reason"]
     assert json.loads((tmp_path / "m.pt.json").read_text())["exported"] is False

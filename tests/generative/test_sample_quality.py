@@ -48,7 +48,7 @@ def test_without_a_feature_extractor_the_one_nn_test_runs_on_pixels(tiny_images)
 
 
 def test_a_missing_feature_classifier_says_how_to_train_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"python -m zoo.generative.features --out .*missing.ckpt"):
+    with pytest.raises(FileNotFoundError, match=r"python -m zoo.evaluation.fid_features --out .*missing.ckpt"):
         ClassifierFeatures.from_checkpoint(tmp_path / "missing.ckpt")
     model = VAE(fid_classifier=str(tmp_path / "missing.ckpt"))
     with pytest.raises(FileNotFoundError, match="FID feature classifier"):
@@ -86,10 +86,11 @@ def test_the_feature_classifier_training_script_stays_out_of_the_library():
         for alias in node.names
     }
     assert not any(str(m).startswith("datamodules") for m in imported)
+    assert not any(str(m).startswith("zoo.classification") for m in imported)  # families import no other family
     root = Path(__file__).resolve().parents[2]
-    check = "import sys, zoo, zoo.generative; print('zoo.generative.features.__main__' in sys.modules)"
+    check = "import sys, zoo, zoo.generative; print('zoo.evaluation.fid_features' in sys.modules)"
     loaded = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True, cwd=root)
     assert loaded.stdout.strip() == "False"  # import zoo / zoo.generative leave the training script out
-    run = subprocess.run([sys.executable, "-m", "zoo.generative.features", "--help"], capture_output=True, text=True,
-                         check=True, cwd=root)  # fmt: skip
-    assert "usage: python -m zoo.generative.features" in run.stdout and "--out" in run.stdout
+    run = subprocess.run([sys.executable, "-m", "zoo.evaluation.fid_features", "--help"], capture_output=True,
+                         text=True, check=True, cwd=root)  # fmt: skip
+    assert "usage: python -m zoo.evaluation.fid_features" in run.stdout and "--out" in run.stdout

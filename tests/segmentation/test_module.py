@@ -33,13 +33,7 @@ def test_training_on_real_isbi_crops_lowers_the_loss(isbi_root):
     pl.seed_everything(0)
     # depth 2 valid U-Net: 92x92 crops -> 52x52 outputs; the weighted loss of the paper
     dm = ISBI2012DataModule(
-        data_dir=str(isbi_root),
-        crop_size=92,
-        pad=20,
-        crops_per_image=1,
-        batch_size=4,
-        augment=False,
-        weight_maps=True,
+        data_dir=str(isbi_root), crop_size=92, pad=20, crops_per_image=1, batch_size=4, augment=False, weight_maps=True
     )
     dm.setup("fit")
     model = _tiny_unet(loss="weighted_ce", optimizer=lambda p: torch.optim.Adam(p, lr=3e-3))
@@ -76,13 +70,7 @@ def _folder(tmp_path: Path, sizes: list[tuple[int, int]]) -> Path:
 def test_validation_and_predict_on_images_of_any_size(tmp_path):
     data = _folder(tmp_path / "data", [(70, 90), (33, 121), (64, 64), (101, 47)])
     dm = SegmentationFolderDataModule(
-        data_dir=str(data),
-        val_size=2,
-        crop_size=44,
-        pad=20,
-        crops_per_image=1,
-        batch_size=2,
-        predict_dir="images",
+        data_dir=str(data), val_size=2, crop_size=44, pad=20, crops_per_image=1, batch_size=2, predict_dir="images"
     )
     model = _tiny_unet(tile_size=60, output_dir=str(tmp_path / "out"), class_names=dm.class_names)
     logger = pl.loggers.TensorBoardLogger(str(tmp_path / "tb"), name="run")

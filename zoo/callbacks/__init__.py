@@ -2,6 +2,6 @@
 interpretation grids (Grad-CAM, saliency) logged during training."""
 
 from zoo.callbacks.interpret import InterpretationCallback
-from zoo.callbacks.samples import GenerativePredictionWriter, SampleGridCallback
+from zoo.generative.callbacks import GenerativePredictionWriter, SampleGridCallback
 
 __all__ = ["GenerativePredictionWriter", "InterpretationCallback", "SampleGridCallback"]

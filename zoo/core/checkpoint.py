@@ -90,7 +90,7 @@ def software_versions() -> dict[str, str]:
     import torchmetrics
     import torchvision
 
-    import zoo
+    from zoo.core import __version__
 
     # str(): torch.__version__ is a TorchVersion, which torch.load(weights_only=True) (LightningCLI's
     # reading of --ckpt_path) refuses to unpickle; the checkpoint must hold plain types only.
@@ -100,7 +100,7 @@ def software_versions() -> dict[str, str]:
         "torchvision": str(torchvision.__version__),
         "pytorch_lightning": str(pytorch_lightning.__version__),
         "torchmetrics": str(torchmetrics.__version__),
-        "vision_zoo": str(zoo.__version__),
+        "vision_zoo": str(__version__),
     }
 
 

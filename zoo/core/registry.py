@@ -40,7 +40,14 @@ class ModelEntry:
 
     @property
     def parameters(self) -> list[str]:
-        return list(inspect.signature(self.builder).parameters)
+        """The builder's named arguments."""
+        return [n for n, p in inspect.signature(self.builder).parameters.items()
+                if p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)]
+
+    @property
+    def takes_any_keyword(self) -> bool:
+        """The builder passes unknown keywords on (``**kwargs``: smp's architectures, torchvision's detectors)."""
+        return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(self.builder).parameters.values())
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -96,13 +103,11 @@ def create_model(name: str, family: str | None = None, **kwargs: Any) -> nn.Modu
     >>> create_model("lenet5", num_classes=10, in_channels=1)  # doctest: +SKIP
     """
     entry = get_model_entry(name, family)
-    accepted = inspect.signature(entry.builder).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
-    unknown = [k for k in kwargs if k not in accepted]
-    if unknown and not takes_any:
+    unknown = [k for k in kwargs if k not in entry.parameters]
+    if unknown and not entry.takes_any_keyword:
         raise TypeError(
             f"Model {name!r} does not take {', '.join(map(repr, unknown))}; "
-            f"its arguments are: {', '.join(accepted)}."
+            f"its arguments are: {', '.join(entry.parameters)}."
         )
     return entry.builder(**kwargs)
 

@@ -24,10 +24,13 @@ Any other keyword goes to ``FasterRCNN`` / ``SSD`` (``box_score_thresh``, ``box_
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch.nn as nn
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
@@ -53,6 +56,7 @@ from zoo.core.weights import LoadReport, PretrainedWeightsError, load_weights
 CLASS_DEPENDENT_KEYS = ("roi_heads.box_predictor.", "head.classification_head.")
 # Frozen batch norm (a pretrained backbone's) has no num_batches_tracked counter: left out both ways.
 NOT_LOADED = ("*num_batches_tracked",)
+Detector = TypeVar("Detector", bound=nn.Module)
 
 
 def classifier_head_keys(classifier: nn.Module) -> list[str]:
@@ -91,136 +95,133 @@ def _check_classes(num_classes: int) -> None:
         )
 
 
+@dataclass(frozen=True)
+class _Common:
+    """The arguments every detection builder takes first, in this order, with these types and defaults (see the
+    module docstring); :func:`_detection_builder` puts them at the head of each builder's signature."""
+
+    num_classes: int = 90
+    trainable_backbone_layers: int | None = None
+    backbone_weights: str | None = None
+    weights: str | None = None
+    image_size: int | None = None
+
+
+def _detection_builder(construct: Callable[..., Detector]) -> Callable[..., Detector]:
+    """Register ``construct(common: _Common, <its own arguments>, **kwargs)`` as the detection builder of its name,
+    whose arguments are the fields of :class:`_Common` and then ``construct``'s own ones: ``inspect.signature`` of
+    the builder lists them all, typed, with their defaults, and they can be passed by position or by name."""
+    common = [
+        inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=f.default, annotation=f.type)
+        for f in fields(_Common)
+    ]
+    signature = inspect.signature(construct)
+    signature = signature.replace(parameters=[*common, *list(signature.parameters.values())[1:]])
+
+    @functools.wraps(construct)
+    def builder(*args: Any, **kwargs: Any) -> Detector:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        given = bound.args
+        return construct(_Common(*given[: len(common)]), *given[len(common) :], **bound.kwargs)
+
+    builder.__signature__ = signature  # type: ignore[attr-defined]
+    return register_model("detection", source="torchvision")(builder)
+
+
 def _backbone_body(
-    arch: Callable[..., nn.Module],
-    num_classes: int,
-    trainable_backbone_layers: int | None,
-    backbone_weights: str | None,
-    weights: str | None,
-    layers: tuple[int, int],
-    frozen_bn: bool = False,
+    arch: Callable[..., nn.Module], common: _Common, layers: tuple[int, int], frozen_bn: bool = False,
     **arch_kwargs: Any,
 ) -> tuple[nn.Module, int]:
-    """The torchvision classifier ``arch`` with ``backbone_weights`` loaded, and how many of its stages train.
+    """The torchvision classifier ``arch`` with ``common.backbone_weights`` loaded, and how many of its stages train.
 
     torchvision's rules: the network counts as pretrained when a weights file is given (``weights`` or
     ``backbone_weights``); then only the last ``trainable_backbone_layers`` stages train (``layers``: the most
     and the default), else all of them. With ``frozen_bn`` a pretrained backbone gets frozen batch norm and an
     untrained one ordinary batch norm.
     """
-    _check_classes(num_classes)
-    trained = backbone_weights is not None or weights is not None
-    trainable = _validate_trainable_layers(trained, trainable_backbone_layers, *layers)
+    _check_classes(common.num_classes)
+    trained = common.backbone_weights is not None or common.weights is not None
+    trainable = _validate_trainable_layers(trained, common.trainable_backbone_layers, *layers)
     if frozen_bn:
         arch_kwargs["norm_layer"] = misc_nn_ops.FrozenBatchNorm2d if trained else nn.BatchNorm2d
     body = arch(weights=None, **arch_kwargs)
-    if backbone_weights:
-        load_backbone_weights(body, backbone_weights)
+    if common.backbone_weights:
+        load_backbone_weights(body, common.backbone_weights)
     return body, trainable
 
 
-def _finish(model: nn.Module, weights: str | None) -> nn.Module:
-    if weights:
-        load_detector_weights(model, weights)
+def _finish(model: Detector, common: _Common) -> Detector:
+    if common.weights:
+        load_detector_weights(model, common.weights)
     return model
 
 
-def _rcnn_size(image_size: int | None, kwargs: dict[str, Any]) -> dict[str, Any]:
-    if image_size is not None:
-        kwargs = {**kwargs, "min_size": image_size, "max_size": image_size}
+def _rcnn_size(common: _Common, kwargs: dict[str, Any]) -> dict[str, Any]:
+    if common.image_size is not None:
+        kwargs = {**kwargs, "min_size": common.image_size, "max_size": common.image_size}
     return kwargs
 
 
-@register_model("detection", source="torchvision")
-def fasterrcnn_resnet50_fpn(
-    num_classes: int = 90,
-    trainable_backbone_layers: int | None = None,
-    backbone_weights: str | None = None,
-    weights: str | None = None,
-    image_size: int | None = None,
-    **kwargs: Any,
-) -> FasterRCNN:
+@_detection_builder
+def fasterrcnn_resnet50_fpn(common: _Common, **kwargs: Any) -> FasterRCNN:
     """Faster R-CNN (Ren et al. 2015) with a ResNet-50-FPN backbone (Lin et al. 2017, FPN), as
     ``torchvision.models.detection.fasterrcnn_resnet50_fpn``."""
-    body, layers = _backbone_body(
-        resnet50, num_classes, trainable_backbone_layers, backbone_weights, weights, (5, 3), frozen_bn=True
-    )
-    model = FasterRCNN(_resnet_fpn_extractor(body, layers), num_classes + 1, **_rcnn_size(image_size, kwargs))
-    return _finish(model, weights)
+    body, layers = _backbone_body(resnet50, common, (5, 3), frozen_bn=True)
+    model = FasterRCNN(_resnet_fpn_extractor(body, layers), common.num_classes + 1, **_rcnn_size(common, kwargs))
+    return _finish(model, common)
 
 
-@register_model("detection", source="torchvision")
-def fasterrcnn_resnet50_fpn_v2(
-    num_classes: int = 90,
-    trainable_backbone_layers: int | None = None,
-    backbone_weights: str | None = None,
-    weights: str | None = None,
-    image_size: int | None = None,
-    **kwargs: Any,
-) -> FasterRCNN:
+@_detection_builder
+def fasterrcnn_resnet50_fpn_v2(common: _Common, **kwargs: Any) -> FasterRCNN:
     """Faster R-CNN v2 (Li et al. 2021, "Benchmarking detection transfer learning with ViTs"): a
     two-conv RPN head and a 4-conv + 1-FC box head with batch norm, ResNet-50-FPN; as torchvision's
     ``fasterrcnn_resnet50_fpn_v2`` (batch norm trains there even with pretrained weights)."""
-    body, layers = _backbone_body(resnet50, num_classes, trainable_backbone_layers, backbone_weights, weights, (5, 3))
+    body, layers = _backbone_body(resnet50, common, (5, 3))
     backbone = _resnet_fpn_extractor(body, layers, norm_layer=nn.BatchNorm2d)
     anchor_generator = AnchorGenerator(((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5)
     rpn_head = RPNHead(backbone.out_channels, anchor_generator.num_anchors_per_location()[0], conv_depth=2)
     box_head = FastRCNNConvFCHead((backbone.out_channels, 7, 7), [256] * 4, [1024], norm_layer=nn.BatchNorm2d)
     model = FasterRCNN(
         backbone,
-        num_classes + 1,
+        common.num_classes + 1,
         rpn_anchor_generator=anchor_generator,
         rpn_head=rpn_head,
         box_head=box_head,
-        **_rcnn_size(image_size, kwargs),
+        **_rcnn_size(common, kwargs),
     )
-    return _finish(model, weights)
+    return _finish(model, common)
 
 
 # What torchvision's 320-px variant changes: a small input and fewer proposals at test time.
 LOW_RESOLUTION = {"min_size": 320, "max_size": 640, "rpn_pre_nms_top_n_test": 150, "rpn_post_nms_top_n_test": 150}
 
 
-@register_model("detection", source="torchvision")
+@_detection_builder
 def fasterrcnn_mobilenet_v3_large_fpn(
-    num_classes: int = 90,
-    trainable_backbone_layers: int | None = None,
-    backbone_weights: str | None = None,
-    weights: str | None = None,
-    image_size: int | None = None,
-    anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512),
-    **kwargs: Any,
+    common: _Common, anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512), **kwargs: Any
 ) -> FasterRCNN:
     """Faster R-CNN (Ren et al. 2015) on MobileNetV3-Large-FPN (Howard et al. 2019), high resolution
     (800-1333 px), as torchvision's ``fasterrcnn_mobilenet_v3_large_fpn``. ``anchor_sizes``: anchor
     sides in pixels (each on all three feature maps), e.g. ``[16, 32, 64, 128]`` for small objects."""
-    body, layers = _backbone_body(
-        mobilenet_v3_large, num_classes, trainable_backbone_layers, backbone_weights, weights, (6, 3), frozen_bn=True
-    )
+    body, layers = _backbone_body(mobilenet_v3_large, common, (6, 3), frozen_bn=True)
     backbone = _mobilenet_extractor(body, True, layers)
     # torchvision puts every anchor size on each of the 3 feature maps (the last two stages + pool)
     anchors = AnchorGenerator((tuple(int(s) for s in anchor_sizes),) * 3, ((0.5, 1.0, 2.0),) * 3)
-    kwargs = _rcnn_size(image_size, {"rpn_score_thresh": 0.05, **kwargs})
-    return _finish(FasterRCNN(backbone, num_classes + 1, rpn_anchor_generator=anchors, **kwargs), weights)
+    kwargs = _rcnn_size(common, {"rpn_score_thresh": 0.05, **kwargs})
+    return _finish(FasterRCNN(backbone, common.num_classes + 1, rpn_anchor_generator=anchors, **kwargs), common)
 
 
-@register_model("detection", source="torchvision")
+@_detection_builder
 def fasterrcnn_mobilenet_v3_large_320_fpn(
-    num_classes: int = 90,
-    trainable_backbone_layers: int | None = None,
-    backbone_weights: str | None = None,
-    weights: str | None = None,
-    image_size: int | None = None,
-    anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512),
-    **kwargs: Any,
+    common: _Common, anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512), **kwargs: Any
 ) -> FasterRCNN:
     """Faster R-CNN (Ren et al. 2015) on MobileNetV3-Large-FPN at low resolution (320 px, fewer
     proposals: :data:`LOW_RESOLUTION`), as torchvision's ``fasterrcnn_mobilenet_v3_large_320_fpn``; see the
     800-px variant :func:`fasterrcnn_mobilenet_v3_large_fpn`, which takes the same arguments."""
     return fasterrcnn_mobilenet_v3_large_fpn(
-        num_classes, trainable_backbone_layers, backbone_weights, weights, image_size, anchor_sizes,
-        **{**LOW_RESOLUTION, **kwargs},
-    )  # fmt: skip
+        **asdict(common), anchor_sizes=anchor_sizes, **{**LOW_RESOLUTION, **kwargs}
+    )
 
 
 def _fix_ssd_size(model: SSD, image_size: int | None) -> SSD:
@@ -233,55 +234,44 @@ def _fix_ssd_size(model: SSD, image_size: int | None) -> SSD:
     return model
 
 
-@register_model("detection", source="torchvision")
-def ssd300_vgg16(
-    num_classes: int = 90,
-    trainable_backbone_layers: int | None = None,
-    backbone_weights: str | None = None,
-    weights: str | None = None,
-    image_size: int | None = None,
-    **kwargs: Any,
-) -> SSD:
+@_detection_builder
+def ssd300_vgg16(common: _Common, **kwargs: Any) -> SSD:
     """SSD300 (Liu et al. 2016) on VGG-16 with the paper's default boxes, as torchvision's
     ``ssd300_vgg16``; ``image_size`` replaces the fixed 300x300 input."""
-    _check_classes(num_classes)
-    if image_size is not None and image_size < 300:
+    _check_classes(common.num_classes)
+    if common.image_size is not None and common.image_size < 300:
         raise ValueError(
             f"ssd300_vgg16 needs image_size >= 300 (its extra layers shrink the map to 1x1 at 300), got "
-            f"{image_size}. Fix: use ssdlite320_mobilenet_v3_large for small images, or image_size >= 300."
+            f"{common.image_size}. Fix: use ssdlite320_mobilenet_v3_large for small images, or image_size >= 300."
         )
-    body, layers = _backbone_body(vgg16, num_classes, trainable_backbone_layers, backbone_weights, weights, (5, 4))
+    body, layers = _backbone_body(vgg16, common, (5, 4))
     anchors = DefaultBoxGenerator(
         [[2], [2, 3], [2, 3], [2, 3], [2], [2]],
         scales=[0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05],
         steps=[8, 16, 32, 64, 100, 300],
     )
     defaults = {"image_mean": [0.48235, 0.45882, 0.40784], "image_std": [1.0 / 255.0] * 3}
-    model = SSD(_vgg_extractor(body, False, layers), anchors, (300, 300), num_classes + 1, **{**defaults, **kwargs})
-    return _finish(_fix_ssd_size(model, image_size), weights)
+    model = SSD(
+        _vgg_extractor(body, False, layers), anchors, (300, 300), common.num_classes + 1, **{**defaults, **kwargs}
+    )
+    return _finish(_fix_ssd_size(model, common.image_size), common)
 
 
-@register_model("detection", source="torchvision")
-def ssdlite320_mobilenet_v3_large(
-    num_classes: int = 90,
-    trainable_backbone_layers: int | None = None,
-    backbone_weights: str | None = None,
-    weights: str | None = None,
-    image_size: int | None = None,
-    width_mult: float = 1.0,
-    **kwargs: Any,
-) -> SSD:
+@_detection_builder
+def ssdlite320_mobilenet_v3_large(common: _Common, width_mult: float = 1.0, **kwargs: Any) -> SSD:
     """SSDlite (Sandler et al. 2018, MobileNetV2 sec. 6.2; SSD: Liu et al. 2016) on MobileNetV3-Large
     (Howard et al. 2019), as torchvision's ``ssdlite320_mobilenet_v3_large``. Without backbone weights
     the backbone has the paper's reduced tail (MobileNetV3 table 6) and normal initialisation."""
     norm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
     body, layers = _backbone_body(
-        mobilenet_v3_large, num_classes, trainable_backbone_layers, backbone_weights,
-        weights=None,  # torchvision's SSDlite counts only backbone weights as pretrained
-        layers=(6, 6), norm_layer=norm, width_mult=width_mult,
-        reduced_tail=backbone_weights is None,  # ImageNet weights are for the full tail
-    )  # fmt: skip
-    if not backbone_weights:
+        mobilenet_v3_large,
+        replace(common, weights=None),  # torchvision's SSDlite counts only backbone weights as pretrained
+        (6, 6),
+        norm_layer=norm,
+        width_mult=width_mult,
+        reduced_tail=common.backbone_weights is None,  # ImageNet weights are for the full tail
+    )
+    if not common.backbone_weights:
         _normal_init(body)
     backbone = _ssdlite_extractor(body, layers, norm)
     size = (320, 320)
@@ -295,9 +285,9 @@ def ssdlite320_mobilenet_v3_large(
         "image_mean": [0.5, 0.5, 0.5],  # [0, 1] -> [-1, 1], what the backbone expects
         "image_std": [0.5, 0.5, 0.5],
     }
-    head = SSDLiteHead(out_channels, anchors.num_anchors_per_location(), num_classes + 1, norm)
-    model = SSD(backbone, anchors, size, num_classes + 1, head=head, **{**defaults, **kwargs})
-    return _finish(_fix_ssd_size(model, image_size), weights)
+    head = SSDLiteHead(out_channels, anchors.num_anchors_per_location(), common.num_classes + 1, norm)
+    model = SSD(backbone, anchors, size, common.num_classes + 1, head=head, **{**defaults, **kwargs})
+    return _finish(_fix_ssd_size(model, common.image_size), common)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

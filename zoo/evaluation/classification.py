@@ -17,17 +17,7 @@ from typing import Any
 import torch
 
 from zoo.classification.module import ImageClassifier
-from zoo.evaluation.report import (
-    FamilyReport,
-    Figure,
-    ReportWriter,
-    Section,
-    Table,
-    display_image,
-    panel_grid,
-    register_report_writer,
-    save_figure,
-)
+from zoo.evaluation import report
 
 ECE_BINS = 15  # Guo et al. 2017 use M = 15 bins
 
@@ -70,8 +60,8 @@ def most_confused_pairs(confmat: torch.Tensor, class_names: list[str], top: int 
     return pairs
 
 
-@register_report_writer(ImageClassifier)
-class ClassificationReport(ReportWriter):
+@report.register_report_writer(ImageClassifier)
+class ClassificationReport(report.ReportWriter):
     """Collects every test sample's softmax probabilities and label, and the ``max_examples`` most confident
     mistakes' images; writes the figures and tables listed in the module docstring."""
 
@@ -99,7 +89,7 @@ class ClassificationReport(ReportWriter):
             self.mistakes += [(float(confidence[i]), images[i].cpu(), int(labels[i]), int(predicted[i])) for i in worst]
             self.mistakes = sorted(self.mistakes, key=lambda m: -m[0])[: self.max_examples]
 
-    def write(self, module: Any, metrics: dict[str, float], report_dir: Path) -> FamilyReport:
+    def write(self, module: Any, metrics: dict[str, float], report_dir: Path) -> report.FamilyReport:
         import matplotlib
 
         matplotlib.use("Agg")
@@ -123,19 +113,19 @@ class ClassificationReport(ReportWriter):
         pairs = most_confused_pairs(confmat, names)
 
         figures = [
-            Figure(
-                save_figure(plot_confusion_matrix(confmat, names), report_dir / "confusion_matrix.png"),
+            report.Figure(
+                report.save_figure(plot_confusion_matrix(confmat, names), report_dir / "confusion_matrix.png"),
                 "Confusion matrix (rows: true class; colour: fraction of the true class; numbers: counts)",
             ),
-            Figure(
-                save_figure(_reliability_figure(bins), report_dir / "reliability_diagram.png"),
+            report.Figure(
+                report.save_figure(_reliability_figure(bins), report_dir / "reliability_diagram.png"),
                 f"Reliability diagram, {ECE_BINS} bins (Guo et al. 2017); ECE = {float(bins['ece']):.4f}",
             ),
         ]
         if self.mistakes:
             figures.append(
-                Figure(
-                    save_figure(_mistakes_figure(self.mistakes, names), report_dir / "misclassified.png"),
+                report.Figure(
+                    report.save_figure(_mistakes_figure(self.mistakes, names), report_dir / "misclassified.png"),
                     f"The {len(self.mistakes)} most confident mistakes: true -> predicted (confidence)",
                 )
             )
@@ -149,10 +139,10 @@ class ClassificationReport(ReportWriter):
         ]
         accuracy = metrics.get("test/acc", float(correct.float().mean()) if len(correct) else float("nan"))
         sections = [
-            Section(
+            report.Section(
                 "Accuracy",
                 tables=[
-                    Table(
+                    report.Table(
                         ["metric", "value"],
                         [
                             ["top-1 accuracy", accuracy],
@@ -163,19 +153,21 @@ class ClassificationReport(ReportWriter):
                     )
                 ],
             ),
-            Section("Per-class accuracy", tables=[Table(["class", "test samples", "accuracy"], per_class)]),
-            Section(
+            report.Section(
+                "Per-class accuracy", tables=[report.Table(["class", "test samples", "accuracy"], per_class)]
+            ),
+            report.Section(
                 "Confusion",
                 text="The most-confused class pairs (off-diagonal cells of the confusion matrix).",
                 tables=[
-                    Table(
+                    report.Table(
                         ["true", "predicted", "count", "fraction of true class"],
                         [[p["true"], p["predicted"], p["count"], p["fraction_of_true"]] for p in pairs],
                     )
                 ],
                 figures=figures[:1],
             ),
-            Section(
+            report.Section(
                 "Calibration",
                 text=(
                     "Confidence = top softmax probability. Bars: accuracy per confidence bin; the diagonal is perfect "
@@ -183,7 +175,7 @@ class ClassificationReport(ReportWriter):
                 ),
                 figures=figures[1:2],
             ),
-            Section("Misclassified test images", figures=figures[2:]),
+            report.Section("Misclassified test images", figures=figures[2:]),
         ]
         data = {
             "ece": float(bins["ece"]),
@@ -194,7 +186,7 @@ class ClassificationReport(ReportWriter):
             "most_confused": pairs,
             "figures": [f.path.name for f in figures],
         }
-        return FamilyReport(sections, data)
+        return report.FamilyReport(sections, data)
 
 
 def _reliability_figure(bins: dict[str, torch.Tensor]) -> Any:
@@ -232,9 +224,9 @@ def _reliability_figure(bins: dict[str, torch.Tensor]) -> Any:
 
 
 def _mistakes_figure(mistakes: list[tuple[float, torch.Tensor, int, int]], names: list[str]) -> Any:
-    fig, axes = panel_grid(len(mistakes), 8, (1.6, 1.9))
+    fig, axes = report.panel_grid(len(mistakes), 8, (1.6, 1.9))
     for ax, (conf, image, true, pred) in zip(axes, mistakes, strict=False):
-        shown = display_image(image)
+        shown = report.display_image(image)
         ax.imshow(shown, cmap="gray" if shown.ndim == 2 else None)
         ax.set_title(f"{names[true]} -> {names[pred]}\n({conf:.2f})", fontsize=8)
     fig.tight_layout()

@@ -15,16 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from zoo.evaluation.report import (
-    FamilyReport,
-    Figure,
-    ReportWriter,
-    Section,
-    Table,
-    display_image,
-    register_report_writer,
-    save_figure,
-)
+from zoo.evaluation import report
 from zoo.segmentation import SemanticSegmenter
 from zoo.segmentation.metrics import rand_error
 from zoo.segmentation.plots import OVERLAY_COLOURS, class_colours, tint
@@ -53,8 +44,8 @@ def per_image_scores(
     return scores
 
 
-@register_report_writer(SemanticSegmenter)
-class SegmentationReport(ReportWriter):
+@report.register_report_writer(SemanticSegmenter)
+class SegmentationReport(report.ReportWriter):
     """Scores every test image; keeps the ``examples`` best and worst images (by mean IoU) for the overlays."""
 
     examples = 3
@@ -83,7 +74,7 @@ class SegmentationReport(ReportWriter):
                 ranked = ranked[: self.examples] + ranked[-self.examples :]
             self.kept = ranked
 
-    def write(self, module: Any, metrics: dict[str, float], report_dir: Path) -> FamilyReport:
+    def write(self, module: Any, metrics: dict[str, float], report_dir: Path) -> report.FamilyReport:
         import matplotlib
 
         matplotlib.use("Agg")
@@ -122,8 +113,8 @@ class SegmentationReport(ReportWriter):
         with (report_dir / "per_image.csv").open("w", newline="") as handle:
             csv.writer(handle).writerows([headers, *table_rows])
         figures = [
-            Figure(
-                save_figure(_class_bars(names, class_rows), report_dir / "per_class_iou_dice.png"),
+            report.Figure(
+                report.save_figure(_class_bars(names, class_rows), report_dir / "per_class_iou_dice.png"),
                 "IoU and Dice per class",
             )
         ]
@@ -135,22 +126,24 @@ class SegmentationReport(ReportWriter):
             if chosen:
                 fig = _overlay_figure(chosen, colours, f"{label} images by mean IoU")
                 figures.append(
-                    Figure(
-                        save_figure(fig, report_dir / f"{label}_overlays.png"),
+                    report.Figure(
+                        report.save_figure(fig, report_dir / f"{label}_overlays.png"),
                         f"The {len(chosen)} {label} test images: image | ground truth | prediction | errors (red)",
                     )
                 )
         sections = [
-            Section("Summary", tables=[Table(["metric", "value"], summary)]),
-            Section(
-                "Per-class IoU and Dice", tables=[Table(["class", "IoU", "Dice"], class_rows)], figures=figures[:1]
+            report.Section("Summary", tables=[report.Table(["metric", "value"], summary)]),
+            report.Section(
+                "Per-class IoU and Dice",
+                tables=[report.Table(["class", "IoU", "Dice"], class_rows)],
+                figures=figures[:1],
             ),
-            Section(
+            report.Section(
                 "Per image",
                 text="Sorted from the worst mean IoU up; also in per_image.csv.",
-                tables=[Table(headers, table_rows)],
+                tables=[report.Table(headers, table_rows)],
             ),
-            Section("Best and worst images", figures=figures[1:]),
+            report.Section("Best and worst images", figures=figures[1:]),
         ]
         data = {
             "per_image": self.rows,
@@ -158,7 +151,7 @@ class SegmentationReport(ReportWriter):
             "worst": [w[1] for w in worst],
             "figures": [f.path.name for f in figures],
         }
-        return FamilyReport(sections, data)
+        return report.FamilyReport(sections, data)
 
 
 def _class_bars(names: list[str], rows: list[list[Any]]) -> Any:
@@ -183,7 +176,7 @@ def _overlay_figure(
 
     fig, axes = plt.subplots(len(chosen), 4, figsize=(12, 3.1 * len(chosen)), squeeze=False)
     for row, (score, name, image, mask, pred) in zip(axes, chosen, strict=True):
-        shown = display_image(image)
+        shown = report.display_image(image)
         base = np.repeat(shown[..., None], 3, axis=-1) if shown.ndim == 2 else shown
         errors = base.copy()
         wrong = (pred != mask).numpy()

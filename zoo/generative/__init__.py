@@ -2,7 +2,7 @@
 GAN and DCGAN, and sample-quality metrics (FID with a pluggable feature extractor, the 1-NN test).
 
 The networks are in :mod:`zoo.generative.models` (registry family ``"generative"``); the training script of the
-FID feature classifier is ``python -m zoo.generative.features`` (not imported here: it needs the datamodules).
+FID feature classifier is ``python -m zoo.evaluation.fid_features`` (not imported here: it needs the datamodules).
 """
 
 from zoo.core.reliability import NonFiniteLossError

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import BinaryAUROC
 
-from zoo.generative.base import GenerativeModule, network_part
+from zoo.generative.base import GenerativeModule
 
 
 def check_loss_range(loss: str, image_range: str) -> None:
@@ -62,11 +62,7 @@ class AutoEncoder(GenerativeModule):
             :class:`zoo.generative.base.GenerativeModule`.
     """
 
-    network_kind = "autoencoder"
-    arch_networks = {"mlp": "autoencoder_mlp", "conv": "autoencoder_conv"}
-    network_options = ("hidden_dims", "conv_channels")
-    encoder = network_part("encoder")
-    decoder = network_part("decoder")
+    network_kind = "autoencoder"  # self.encoder, self.decoder and older checkpoints' arch: base.NETWORK_KINDS
 
     def __init__(
         self,

@@ -25,6 +25,7 @@ import inspect
 import logging
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import pytorch_lightning as pl
@@ -74,6 +75,38 @@ def network_part(name: str) -> property:
     return property(lambda self: getattr(self.net, name), doc=f"The network's {name} (``self.net.{name}``).")
 
 
+@dataclass(frozen=True)
+class NetworkKind:
+    """What the models of one kind of network (the ``kind`` of the networks of the ``generative`` registry family)
+    know of it; a model names its kind in :attr:`GenerativeModule.network_kind` and gets these as class attributes.
+
+    Attributes:
+        parts: the network's parts, each a read-only attribute of the model (:func:`network_part`).
+        options: the width arguments of the kind's builders, which its models take too and pass on.
+        arch_networks: the ``arch`` values of checkpoints older than the registry -> registered network names.
+    """
+
+    parts: tuple[str, ...]
+    options: tuple[str, ...]
+    arch_networks: Mapping[str, str]
+
+
+def _encoder_decoder(kind: str) -> NetworkKind:
+    """The kind ``kind`` of :class:`~zoo.generative.models.autoencoder.EncoderDecoder`, built by ``<kind>_mlp`` and
+    ``<kind>_conv``."""
+    arch_networks = {"mlp": f"{kind}_mlp", "conv": f"{kind}_conv"}
+    return NetworkKind(("encoder", "decoder"), ("hidden_dims", "conv_channels"), arch_networks)
+
+
+NETWORK_KINDS: dict[str, NetworkKind] = {
+    "autoencoder": _encoder_decoder("autoencoder"),
+    "vae": _encoder_decoder("vae"),
+    "gan": NetworkKind(
+        ("generator", "discriminator"), ("width", "generator_extra_layers"), {"mlp": "gan_mlp", "conv": "dcgan"}
+    ),
+}
+
+
 class GenerativeModule(ZooModule):
     """Base of ``AutoEncoder``, ``VAE`` and ``GAN``: a :class:`~zoo.core.module.ZooModule` of the ``generative``
     registry family (the optimizer, the scheduler, checkpoints and the fit check come from there).
@@ -86,7 +119,7 @@ class GenerativeModule(ZooModule):
         metric_samples: real validation images (and as many generated ones) for FID and the 1-NN
             test at validation end (models that sample: VAE, GAN, DCGAN).
         fid_classifier: path of an ``ImageClassifier`` checkpoint whose penultimate features FID
-            uses (``python -m zoo.generative.features --out PATH`` trains the default one). Without
+            uses (``python -m zoo.evaluation.fid_features --out PATH`` trains the default one). Without
             it (and without ``fid_inception_weights``) FID is skipped and the 1-NN test runs on pixels.
         fid_inception_weights: path of local Inception v3 FID weights: torchmetrics' Inception
             features instead (needs ``torch-fidelity``).
@@ -101,10 +134,20 @@ class GenerativeModule(ZooModule):
 
     family = "generative"
     can_sample = False  # models with a prior / generator set this: FID and 1-NN at validation end
-    network_kind: ClassVar[str] = ""  # the ``kind`` of network the subclass needs: autoencoder, vae, gan
+    network_kind: ClassVar[str] = ""  # the ``kind`` of network the subclass needs: a key of NETWORK_KINDS
     arch_networks: ClassVar[Mapping[str, str]] = {}  # older ``arch`` values -> registered network names
     network_options: ClassVar[tuple[str, ...]] = ()  # init arguments passed on to the network's builder
     removed_arguments: ClassVar[tuple[str, ...]] = ("num_classes", "class_names")  # dropped from older checkpoints
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass that sets ``network_kind`` gets that kind's :data:`NETWORK_KINDS` entry: ``arch_networks``,
+        ``network_options`` and one read-only attribute per network part (``self.encoder`` is ``self.net.encoder``)."""
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("network_kind"):
+            kind = NETWORK_KINDS[cls.network_kind]
+            cls.arch_networks, cls.network_options = kind.arch_networks, kind.options
+            for part in kind.parts:
+                setattr(cls, part, network_part(part))
 
     def __init__(
         self,
@@ -121,12 +164,9 @@ class GenerativeModule(ZooModule):
         super().__init__(optimizer=optimizer, **kwargs)
         if image_range not in RANGES:
             raise ValueError(f"image_range must be 'unit' or 'symmetric', got {image_range!r}")
-        self.in_channels = in_channels
-        self.image_size = image_size
-        self.image_range = image_range
+        self.in_channels, self.image_size, self.image_range = in_channels, image_size, image_range
         self.metric_samples = metric_samples
-        self.fid_classifier = fid_classifier
-        self.fid_inception_weights = fid_inception_weights
+        self.fid_classifier, self.fid_inception_weights = fid_classifier, fid_inception_weights  # FID features
         self.network_kwargs = dict(network_kwargs or {})
         self._checked_stages: set[str] = set()
         self._val_real: list[tuple[torch.Tensor, torch.Tensor]] = []  # (dataset indices, images in [0, 1])
@@ -211,9 +251,13 @@ class GenerativeModule(ZooModule):
     def from_unit(self, images: torch.Tensor) -> torch.Tensor:
         return images * 2 - 1 if self.image_range == "symmetric" else images
 
+    @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
-        """``n`` generated images in the model's range (models with ``can_sample``)."""
-        raise NotImplementedError(f"{type(self).__name__} does not generate images from a prior")
+        """``n`` generated images in the model's range: :meth:`generate` of fresh N(0, I) noise (models with
+        ``can_sample``)."""
+        if not self.can_sample:
+            raise NotImplementedError(f"{type(self).__name__} does not generate images from a prior")
+        return self.generate(torch.randn(n, self.latent_dim, device=self.device))
 
     def generate(self, z: torch.Tensor) -> torch.Tensor:
         """Images in the model's range generated from latent codes ``z`` ``(N, latent_dim)`` (models with
@@ -414,7 +458,7 @@ class GenerativeModule(ZooModule):
         if "fid" not in metrics and self.current_epoch == 0 and stage == "val":
             rank_zero_info(
                 f"{type(self).__name__}: no FID feature extractor set (fid_classifier), so FID is skipped and the "
-                "1-NN test runs on pixels. `python -m zoo.generative.features --out PATH` trains one."
+                "1-NN test runs on pixels. `python -m zoo.evaluation.fid_features --out PATH` trains one."
             )
 
     # -- shared loop pieces ------------------------------------------------------------------------------
@@ -436,7 +480,7 @@ class GenerativeModule(ZooModule):
         """When predicting, a writer of the outputs (grid PNG + tensors) unless one is configured."""
         if self._trainer is None or self.trainer.state.fn != "predict":
             return []
-        from zoo.callbacks.samples import GenerativePredictionWriter
+        from zoo.generative.callbacks import GenerativePredictionWriter
 
         if any(isinstance(c, GenerativePredictionWriter) for c in self.trainer.callbacks):
             return []

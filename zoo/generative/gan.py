@@ -16,7 +16,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from zoo.core.optim import as_factory, build_optimizers
-from zoo.generative.base import GenerativeModule, ImageRange, network_part
+from zoo.generative.base import GenerativeModule, ImageRange
 
 # Radford et al. 2016, sec. 4: lr 2e-4 and beta1 0.5 (0.9 oscillated); also the usual choice for the MLP GAN.
 # As the spec YAML holds (not a partial): LightningCLI can then write the default into a run's config.yaml.
@@ -71,11 +71,7 @@ class GAN(GenerativeModule):
     can_sample = True
     monitor = "val/fid"  # what ReduceLROnPlateau watches
     steps_per_batch = 2  # optimizer steps per training batch (the trainer's global_step and max_steps count them)
-    network_kind = "gan"
-    arch_networks = {"mlp": "gan_mlp", "conv": "dcgan"}
-    network_options = ("width", "generator_extra_layers")
-    generator = network_part("generator")
-    discriminator = network_part("discriminator")
+    network_kind = "gan"  # self.generator, self.discriminator and older checkpoints' arch: base.NETWORK_KINDS
 
     def __init__(
         self,
@@ -129,10 +125,6 @@ class GAN(GenerativeModule):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] generated from noise ``(N, latent_dim)`` (by :attr:`sampler`)."""
         return self.sampler(z)
-
-    @torch.no_grad()
-    def sample(self, n: int) -> torch.Tensor:
-        return self.sampler(torch.randn(n, self.latent_dim, device=self.device))
 
     @torch.no_grad()
     def generate(self, z: torch.Tensor) -> torch.Tensor:

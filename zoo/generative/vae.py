@@ -10,7 +10,7 @@ import torch
 from torchvision.utils import make_grid
 
 from zoo.generative.autoencoder import check_loss_range, output_activation, reconstruction_loss
-from zoo.generative.base import GenerativeModule, fixed_normal, network_part
+from zoo.generative.base import GenerativeModule, fixed_normal
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -52,11 +52,7 @@ class VAE(GenerativeModule):
     """
 
     can_sample = True
-    network_kind = "vae"
-    arch_networks = {"mlp": "vae_mlp", "conv": "vae_conv"}
-    network_options = ("hidden_dims", "conv_channels")
-    encoder = network_part("encoder")
-    decoder = network_part("decoder")
+    network_kind = "vae"  # self.encoder, self.decoder and older checkpoints' arch: base.NETWORK_KINDS
 
     def __init__(
         self,
@@ -92,11 +88,6 @@ class VAE(GenerativeModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Deterministic reconstructions: the decoding of the posterior mean."""
         return self.decode(self.encode(images)[0])
-
-    @torch.no_grad()
-    def sample(self, n: int) -> torch.Tensor:
-        """``n`` images decoded from the prior z ~ N(0, I)."""
-        return self.decode(torch.randn(n, self.latent_dim, device=self.device))
 
     @torch.no_grad()
     def generate(self, z: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from zoo.interpret.layers import check_images, check_target, eval_mode, network
+from zoo.interpret.visualize import descent_step
 
 
 @dataclass
@@ -69,14 +70,8 @@ def fgsm(
 
 
 def iterative_attack(
-    model: nn.Module,
-    images: torch.Tensor,
-    target: torch.Tensor | int,
-    epsilon: float,
-    step_size: float | None = None,
-    steps: int = 20,
-    targeted: bool = True,
-    bounds: tuple[float, float] | None = None,
+    model: nn.Module, images: torch.Tensor, target: torch.Tensor | int, epsilon: float,
+    step_size: float | None = None, steps: int = 20, targeted: bool = True, bounds: tuple[float, float] | None = None,
 ) -> AttackResult:
     """Iterative FGSM within an L-infinity ball of radius ``epsilon`` (Kurakin, Goodfellow & Bengio,
     "Adversarial examples in the physical world", ICLR workshop 2017, sec. 2.2-2.3; projected
@@ -126,15 +121,8 @@ class UniversalPerturbation:
 
 
 def universal_perturbation(
-    model: nn.Module,
-    images: torch.Tensor,
-    target: int,
-    c: float = 0.05,
-    steps: int = 300,
-    lr: float = 0.05,
-    batch_size: int = 128,
-    bounds: tuple[float, float] | None = None,
-    seed: int = 0,
+    model: nn.Module, images: torch.Tensor, target: int, c: float = 0.05, steps: int = 300, lr: float = 0.05,
+    batch_size: int = 128, bounds: tuple[float, float] | None = None, seed: int = 0,
 ) -> UniversalPerturbation:
     """A universal targeted perturbation: one ``r`` minimising ``c ||r||_2 + mean_x L(x + r, k)``
     over the images (cross-entropy towards class ``k``), by Adam on minibatches.
@@ -157,9 +145,7 @@ def universal_perturbation(
             idx = torch.randperm(len(images), generator=gen)[:batch_size]
             x = _clamp(images[idx] + r, bounds)
             loss = c * r.norm() + F.cross_entropy(net(x), labels[: len(idx)])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            descent_step(optimizer, loss)
             history.append(float(loss.detach()))
     return UniversalPerturbation(r.detach(), int(target), history)
 

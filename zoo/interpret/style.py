@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from zoo.interpret.layers import activations, check_images, eval_mode, network
+from zoo.interpret.visualize import descent_step
 
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
@@ -54,18 +55,10 @@ def _check_layers(model: nn.Module, image: torch.Tensor, layers: Sequence[str]) 
 
 
 def style_transfer(
-    model: nn.Module,
-    content: torch.Tensor | None,
-    style: torch.Tensor,
-    content_layers: Sequence[str] = (),
-    style_layers: Sequence[str] = (),
-    content_weight: float = 1.0,
-    style_weight: float = 1e3,
-    steps: int = 300,
-    lr: float = 0.05,
-    init: str = "content",
-    bounds: tuple[float, float] | None = None,
-    seed: int = 0,
+    model: nn.Module, content: torch.Tensor | None, style: torch.Tensor,
+    content_layers: Sequence[str] = (), style_layers: Sequence[str] = (),
+    content_weight: float = 1.0, style_weight: float = 1e3, steps: int = 300, lr: float = 0.05,
+    init: str = "content", bounds: tuple[float, float] | None = None, seed: int = 0,
 ) -> StyleResult:
     """Neural style transfer (Gatys, Ecker & Bethge, "Image style transfer using convolutional
     neural networks", CVPR 2016, eq. 1-7): minimise ``content_weight * L_content + style_weight *
@@ -105,13 +98,7 @@ def style_transfer(
             result.content_loss.append(float(lc.detach()) if content_layers else 0.0)
             if len(result.style_loss) > steps:
                 break  # the last pass only measures the final image
-            loss = style_weight * ls + content_weight * lc
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            if bounds is not None:
-                with torch.no_grad():
-                    x.clamp_(*bounds)
+            descent_step(optimizer, style_weight * ls + content_weight * lc, x, bounds)
         result.image = x.detach()
     return result
 

@@ -45,19 +45,25 @@ def _jitter(images: torch.Tensor, pixels: int, generator: torch.Generator) -> tu
     return torch.roll(images, shifts=(dy, dx), dims=(-2, -1)), (dy, dx)
 
 
-def class_model(
-    model: nn.Module,
-    target: int,
-    shape: Sequence[int] = (1, 1, 28, 28),
-    steps: int = 200,
-    lr: float = 0.1,
-    l2: float = 1e-2,
-    jitter: int = 1,
-    blur_sigma: float = 0.5,
-    blur_every: int = 4,
-    init: str = "zeros",
+def descent_step(
+    optimizer: torch.optim.Optimizer, loss: torch.Tensor, image: torch.Tensor | None = None,
     bounds: tuple[float, float] | None = None,
-    seed: int = 0,
+) -> None:
+    """One step of ``optimizer`` down ``loss``, then ``image`` (the input being optimised) clamped in place to
+    ``bounds``, the valid input range in normalized units; no clamp when either is None."""
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    if image is not None and bounds is not None:
+        with torch.no_grad():
+            image.clamp_(*bounds)
+
+
+def class_model(
+    model: nn.Module, target: int, shape: Sequence[int] = (1, 1, 28, 28),
+    steps: int = 200, lr: float = 0.1, l2: float = 1e-2,
+    jitter: int = 1, blur_sigma: float = 0.5, blur_every: int = 4,
+    init: str = "zeros", bounds: tuple[float, float] | None = None, seed: int = 0,
 ) -> Optimized:
     """Class-model visualization: ``argmax_I S_c(I) - l2 * ||I||^2`` by gradient ascent from zeros
     or noise (Simonyan, Vedaldi & Zisserman, "Deep inside convolutional networks", 2014, sec. 2,
@@ -84,10 +90,7 @@ def class_model(
         for step in range(steps):
             shifted, _ = _jitter(image, jitter, gen)
             score = net(shifted)[:, target]
-            loss = -(score.sum() - l2 * image.pow(2).sum())
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            descent_step(optimizer, -(score.sum() - l2 * image.pow(2).sum()))
             history.append(float(score.detach().mean()))
             with torch.no_grad():
                 if blur_sigma > 0 and blur_every and (step + 1) % blur_every == 0:
@@ -100,18 +103,9 @@ def class_model(
 
 
 def deep_dream(
-    model: nn.Module,
-    image: torch.Tensor,
-    layer: str,
-    channel: int | None = None,
-    steps: int = 20,
-    lr: float = 0.05,
-    octaves: int = 3,
-    octave_scale: float = 1.4,
-    jitter: int = 1,
-    min_size: int = 16,
-    bounds: tuple[float, float] | None = None,
-    seed: int = 0,
+    model: nn.Module, image: torch.Tensor, layer: str, channel: int | None = None,
+    steps: int = 20, lr: float = 0.05, octaves: int = 3, octave_scale: float = 1.4, jitter: int = 1,
+    min_size: int = 16, bounds: tuple[float, float] | None = None, seed: int = 0,
 ) -> Optimized:
     """DeepDream (Mordvintsev, Olah & Tyka, "Inceptionism: going deeper into neural networks",
     Google Research blog 2015, and their reference notebook): gradient ascent on the given image to
@@ -162,15 +156,8 @@ def total_variation(images: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
 
 
 def invert_features(
-    model: nn.Module,
-    image: torch.Tensor,
-    layer: str,
-    steps: int = 300,
-    lr: float = 0.05,
-    tv_weight: float = 1e-3,
-    l2_weight: float = 1e-4,
-    bounds: tuple[float, float] | None = None,
-    seed: int = 0,
+    model: nn.Module, image: torch.Tensor, layer: str, steps: int = 300, lr: float = 0.05,
+    tv_weight: float = 1e-3, l2_weight: float = 1e-4, bounds: tuple[float, float] | None = None, seed: int = 0,
 ) -> Optimized:
     """Feature inversion (Mahendran & Vedaldi, "Understanding deep image representations by
     inverting them", CVPR 2015, eq. 1-4): from noise, find ``x`` minimising
@@ -190,13 +177,7 @@ def invert_features(
         for _ in range(steps):
             feat = activations(net, x, layer, grad=True)[layer]
             distance = (feat - reference).pow(2).sum() / norm
-            loss = distance + l2_weight * x.pow(2).sum() + tv_weight * total_variation(x)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            if bounds is not None:
-                with torch.no_grad():
-                    x.clamp_(*bounds)
+            descent_step(optimizer, distance + l2_weight * x.pow(2).sum() + tv_weight * total_variation(x), x, bounds)
             history.append(float(distance.detach()))
         with torch.no_grad():
             history.append(float((activations(net, x, layer)[layer] - reference).pow(2).sum() / norm))

@@ -19,6 +19,7 @@ checkpointing): slower, much less memory, same state dict.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -50,74 +51,44 @@ def _adapt(model: DenseNet, name: str, in_channels: int, small_input: bool) -> D
     return model
 
 
-def _imagenet_densenet(
-    tv_builder: Callable[..., DenseNet],
-    name: str,
-    num_classes: int,
-    in_channels: int,
-    small_input: bool,
-    drop_rate: float,
-    memory_efficient: bool,
-) -> DenseNet:
-    model = tv_builder(
-        weights=None, num_classes=num_classes, drop_rate=drop_rate, memory_efficient=memory_efficient
+def _densenet(
+    name: str, densenet: Callable[..., DenseNet], doc: str, num_classes: int = 1000, small_input: bool = False
+) -> Callable[..., DenseNet]:
+    """Register and return the builder ``name`` of ``densenet(num_classes=..., drop_rate=...,
+    memory_efficient=...)``, with docstring ``doc`` and the defaults ``num_classes``, ``small_input``."""
+    default_classes, default_small_input = num_classes, small_input
+
+    def builder(
+        num_classes: int = default_classes,
+        in_channels: int = 3,
+        small_input: bool = default_small_input,
+        drop_rate: float = 0.0,
+        memory_efficient: bool = False,
+    ) -> DenseNet:
+        model = densenet(num_classes=num_classes, drop_rate=drop_rate, memory_efficient=memory_efficient)
+        return _adapt(model, name, in_channels, small_input)
+
+    builder.__name__ = builder.__qualname__ = name
+    builder.__doc__ = doc
+    return register_model("classification", name, source="torchvision")(builder)
+
+
+def _imagenet_densenet(name: str, tv_builder: Callable[..., DenseNet], network: str) -> Callable[..., DenseNet]:
+    """:func:`_densenet` of torchvision's ImageNet DenseNet ``tv_builder``."""
+    doc = (
+        f"torchvision's {network} (Huang et al. 2017, table 1); ``small_input`` and\n"
+        "``memory_efficient``: see the module docstring."
     )
-    return _adapt(model, name, in_channels, small_input)
+    return _densenet(name, partial(tv_builder, weights=None), doc)
 
 
-@register_model("classification", source="torchvision")
-def densenet121(
-    num_classes: int = 1000,
-    in_channels: int = 3,
-    small_input: bool = False,
-    drop_rate: float = 0.0,
-    memory_efficient: bool = False,
-) -> DenseNet:
-    """torchvision's DenseNet-121 (Huang et al. 2017, table 1); ``small_input`` and
-    ``memory_efficient``: see the module docstring."""
-    return _imagenet_densenet(
-        tvm.densenet121, "densenet121", num_classes, in_channels, small_input, drop_rate, memory_efficient
-    )
-
-
-@register_model("classification", source="torchvision")
-def densenet169(
-    num_classes: int = 1000,
-    in_channels: int = 3,
-    small_input: bool = False,
-    drop_rate: float = 0.0,
-    memory_efficient: bool = False,
-) -> DenseNet:
-    """torchvision's DenseNet-169 (Huang et al. 2017, table 1); ``small_input`` and
-    ``memory_efficient``: see the module docstring."""
-    return _imagenet_densenet(
-        tvm.densenet169, "densenet169", num_classes, in_channels, small_input, drop_rate, memory_efficient
-    )
-
-
-@register_model("classification", source="torchvision")
-def densenet201(
-    num_classes: int = 1000,
-    in_channels: int = 3,
-    small_input: bool = False,
-    drop_rate: float = 0.0,
-    memory_efficient: bool = False,
-) -> DenseNet:
-    """torchvision's DenseNet-201 (Huang et al. 2017, table 1); ``small_input`` and
-    ``memory_efficient``: see the module docstring."""
-    return _imagenet_densenet(
-        tvm.densenet201, "densenet201", num_classes, in_channels, small_input, drop_rate, memory_efficient
-    )
-
-
-@register_model("classification", source="torchvision")
-def densenet_bc100(
-    num_classes: int = 10,
-    in_channels: int = 3,
-    small_input: bool = True,
-    drop_rate: float = 0.0,
-    memory_efficient: bool = False,
-) -> DenseNet:
+densenet121 = _imagenet_densenet("densenet121", tvm.densenet121, "DenseNet-121")
+densenet169 = _imagenet_densenet("densenet169", tvm.densenet169, "DenseNet-169")
+densenet201 = _imagenet_densenet("densenet201", tvm.densenet201, "DenseNet-201")
+densenet_bc100 = _densenet(
+    "densenet_bc100",
+    # any number of dense blocks works (DenseNet's annotation says four)
+    partial(DenseNet, growth_rate=12, block_config=(16, 16, 16), num_init_features=24, bn_size=4),
     """DenseNet-BC (L=100, k=12) for CIFAR-sized images (Huang et al. 2017, sec. 3 and table 2),
     built with torchvision's ``DenseNet(growth_rate=12, block_config=(16, 16, 16),
     num_init_features=24)``; about 0.77M parameters at 10 classes.
@@ -126,14 +97,7 @@ def densenet_bc100(
     convolution (torchvision adds BN-ReLU after it, and its ``pool0`` is removed); inputs of at
     least 4x4 pixels work. ``small_input=False`` uses torchvision's ImageNet stem (7x7 stride 2 and
     max-pool) instead, for large images (at least 13x13 pixels).
-    """
-    model = DenseNet(
-        growth_rate=12,
-        block_config=(16, 16, 16),  # type: ignore[arg-type] - any number of dense blocks works
-        num_init_features=24,
-        bn_size=4,
-        drop_rate=drop_rate,
-        num_classes=num_classes,
-        memory_efficient=memory_efficient,
-    )
-    return _adapt(model, "densenet_bc100", in_channels, small_input)
+    """,
+    num_classes=10,
+    small_input=True,
+)

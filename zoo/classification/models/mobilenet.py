@@ -13,6 +13,8 @@ No weight changes shape.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torchvision.models as tvm
 from torchvision.models import MobileNetV2, MobileNetV3
 
@@ -40,23 +42,25 @@ def mobilenet_v2(
     return model
 
 
-@register_model("classification", source="torchvision")
-def mobilenet_v3_large(
-    num_classes: int = 1000, in_channels: int = 3, small_input: bool = False, dropout: float = 0.2
-) -> MobileNetV3:
-    """torchvision's MobileNetV3-Large (Howard et al. 2019, table 1). ``small_input``: see the
-    module docstring."""
-    model = tvm.mobilenet_v3_large(weights=None, num_classes=num_classes, dropout=dropout)
-    _adapt_stem(model, in_channels, small_input)
-    return model
+def _mobilenet_v3(name: str, tv_builder: Callable[..., MobileNetV3], network: str) -> Callable[..., MobileNetV3]:
+    """Register and return the builder ``name`` of torchvision's ``tv_builder``; ``network`` (the
+    network and its paper) heads its docstring."""
+
+    def builder(
+        num_classes: int = 1000, in_channels: int = 3, small_input: bool = False, dropout: float = 0.2
+    ) -> MobileNetV3:
+        model = tv_builder(weights=None, num_classes=num_classes, dropout=dropout)
+        _adapt_stem(model, in_channels, small_input)
+        return model
+
+    builder.__name__ = builder.__qualname__ = name
+    builder.__doc__ = f"torchvision's {network}. ``small_input``: see the\nmodule docstring."
+    return register_model("classification", name, source="torchvision")(builder)
 
 
-@register_model("classification", source="torchvision")
-def mobilenet_v3_small(
-    num_classes: int = 1000, in_channels: int = 3, small_input: bool = False, dropout: float = 0.2
-) -> MobileNetV3:
-    """torchvision's MobileNetV3-Small (Howard et al. 2019, table 2). ``small_input``: see the
-    module docstring."""
-    model = tvm.mobilenet_v3_small(weights=None, num_classes=num_classes, dropout=dropout)
-    _adapt_stem(model, in_channels, small_input)
-    return model
+mobilenet_v3_large = _mobilenet_v3(
+    "mobilenet_v3_large", tvm.mobilenet_v3_large, "MobileNetV3-Large (Howard et al. 2019, table 1)"
+)
+mobilenet_v3_small = _mobilenet_v3(
+    "mobilenet_v3_small", tvm.mobilenet_v3_small, "MobileNetV3-Small (Howard et al. 2019, table 2)"
+)

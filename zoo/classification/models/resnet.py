@@ -28,6 +28,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -79,240 +82,105 @@ class _StochasticDepthBlock:
 # ---------------------------------------------------------------------------------------------
 
 
-class StochasticDepthBasicBlock(BasicBlock, _StochasticDepthBlock):
+class _TorchvisionStochasticDepthBlock(_StochasticDepthBlock):
+    """Mixin, before a torchvision block class: ``drop_path`` (no parameters) on the residual branch
+    that the block's ``residual_branch`` computes."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.drop_path = StochasticDepth(0.0, "batch")
+
+    def residual_branch(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.drop_path(self.residual_branch(x))
+        out += identity  # in place, as torchvision's block: one feature-map allocation less per block
+        return self.relu(out)
+
+
+class StochasticDepthBasicBlock(_TorchvisionStochasticDepthBlock, BasicBlock):
     """torchvision's ``BasicBlock`` with ``drop_path`` on the residual branch (no new parameters)."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.drop_path = StochasticDepth(0.0, "batch")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
+    def residual_branch(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.drop_path(self.bn2(self.conv2(out)))
-        out += identity  # in place, as torchvision's block: one feature-map allocation less per block
-        return self.relu(out)
+        return self.bn2(self.conv2(out))
 
 
-class StochasticDepthBottleneck(Bottleneck, _StochasticDepthBlock):
+class StochasticDepthBottleneck(_TorchvisionStochasticDepthBlock, Bottleneck):
     """torchvision's ``Bottleneck`` with ``drop_path`` on the residual branch (no new parameters)."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.drop_path = StochasticDepth(0.0, "batch")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
+    def residual_branch(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.drop_path(self.bn3(self.conv3(out)))
-        out += identity  # in place, as torchvision's block: one feature-map allocation less per block
-        return self.relu(out)
+        return self.bn3(self.conv3(out))
 
 
-def _torchvision_resnet(
-    block: type[BasicBlock] | type[Bottleneck],
-    layers: list[int],
-    num_classes: int,
-    in_channels: int,
-    small_input: bool,
-    drop_path_rate: float,
-    drop_path_mode: str,
-    zero_init_residual: bool,
-    groups: int = 1,
-    width_per_group: int = 64,
-) -> ResNet:
-    model = ResNet(
-        block,
-        layers,
-        num_classes=num_classes,
-        zero_init_residual=zero_init_residual,
-        groups=groups,
-        width_per_group=width_per_group,
-    )
+def adapt_resnet_stem(model: nn.Module, in_channels: int, small_input: bool) -> nn.Module:
+    """The zoo's small-input rule on a ResNet stem (a 7x7 stride-2 ``conv1``, then ``maxpool``), in
+    place: ``conv1`` takes ``in_channels`` (and becomes 3x3 stride 1 with ``small_input``, which also
+    removes ``maxpool``). torchvision's and timm's ResNets (``senet``) share the stem. Returns ``model``."""
     model.conv1 = adapt_first_conv(model.conv1, in_channels, small_input)
     if small_input:
         model.maxpool = nn.Identity()
-    return set_stochastic_depth(model, drop_path_rate, drop_path_mode)
+    return model
 
 
-@register_model("classification", source="torchvision")
-def resnet18(
-    num_classes: int = 1000,
-    in_channels: int = 3,
-    small_input: bool = False,
-    drop_path_rate: float = 0.0,
-    drop_path_mode: str = "batch",
-    zero_init_residual: bool = False,
-) -> ResNet:
-    """torchvision's ResNet-18 (He et al. 2016, table 1).
+def _torchvision_resnet(
+    name: str,
+    block: type[BasicBlock] | type[Bottleneck],
+    layers: list[int],
+    network: str,
+    groups: int = 1,
+    width_per_group: int = 64,
+) -> Callable[..., ResNet]:
+    """Register and return the builder ``name`` of torchvision's ``ResNet(block, layers, groups=...,
+    width_per_group=...)``; ``network`` (the network and its paper) heads its docstring."""
+    resnet = partial(ResNet, block, layers, groups=groups, width_per_group=width_per_group)
 
-    ``small_input`` (CIFAR-style stem) and ``drop_path_*`` (stochastic depth): see the module docstring.
-    """
-    return _torchvision_resnet(
-        StochasticDepthBasicBlock,
-        [2, 2, 2, 2],
-        num_classes,
-        in_channels,
-        small_input,
-        drop_path_rate,
-        drop_path_mode,
-        zero_init_residual,
-    )
+    def builder(
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        small_input: bool = False,
+        drop_path_rate: float = 0.0,
+        drop_path_mode: str = "batch",
+        zero_init_residual: bool = False,
+    ) -> ResNet:
+        model = resnet(num_classes=num_classes, zero_init_residual=zero_init_residual)
+        adapt_resnet_stem(model, in_channels, small_input)
+        return set_stochastic_depth(model, drop_path_rate, drop_path_mode)
 
-
-@register_model("classification", source="torchvision")
-def resnet34(
-    num_classes: int = 1000,
-    in_channels: int = 3,
-    small_input: bool = False,
-    drop_path_rate: float = 0.0,
-    drop_path_mode: str = "batch",
-    zero_init_residual: bool = False,
-) -> ResNet:
-    """torchvision's ResNet-34 (He et al. 2016, table 1).
+    builder.__name__ = builder.__qualname__ = name
+    builder.__doc__ = f"""torchvision's {network}.
 
     ``small_input`` (CIFAR-style stem) and ``drop_path_*`` (stochastic depth): see the module docstring.
     """
-    return _torchvision_resnet(
-        StochasticDepthBasicBlock,
-        [3, 4, 6, 3],
-        num_classes,
-        in_channels,
-        small_input,
-        drop_path_rate,
-        drop_path_mode,
-        zero_init_residual,
-    )
+    return register_model("classification", name, source="torchvision")(builder)
 
 
-@register_model("classification", source="torchvision")
-def resnet50(
-    num_classes: int = 1000,
-    in_channels: int = 3,
-    small_input: bool = False,
-    drop_path_rate: float = 0.0,
-    drop_path_mode: str = "batch",
-    zero_init_residual: bool = False,
-) -> ResNet:
-    """torchvision's ResNet-50 v1.5 (He et al. 2016, table 1).
-
-    ``small_input`` (CIFAR-style stem) and ``drop_path_*`` (stochastic depth): see the module docstring.
-    """
-    return _torchvision_resnet(
-        StochasticDepthBottleneck,
-        [3, 4, 6, 3],
-        num_classes,
-        in_channels,
-        small_input,
-        drop_path_rate,
-        drop_path_mode,
-        zero_init_residual,
-    )
-
-
-@register_model("classification", source="torchvision")
-def resnet101(
-    num_classes: int = 1000,
-    in_channels: int = 3,
-    small_input: bool = False,
-    drop_path_rate: float = 0.0,
-    drop_path_mode: str = "batch",
-    zero_init_residual: bool = False,
-) -> ResNet:
-    """torchvision's ResNet-101 v1.5 (He et al. 2016, table 1).
-
-    ``small_input`` (CIFAR-style stem) and ``drop_path_*`` (stochastic depth): see the module docstring.
-    """
-    return _torchvision_resnet(
-        StochasticDepthBottleneck,
-        [3, 4, 23, 3],
-        num_classes,
-        in_channels,
-        small_input,
-        drop_path_rate,
-        drop_path_mode,
-        zero_init_residual,
-    )
-
-
-@register_model("classification", source="torchvision")
-def resnet152(
-    num_classes: int = 1000,
-    in_channels: int = 3,
-    small_input: bool = False,
-    drop_path_rate: float = 0.0,
-    drop_path_mode: str = "batch",
-    zero_init_residual: bool = False,
-) -> ResNet:
-    """torchvision's ResNet-152 v1.5 (He et al. 2016, table 1).
-
-    ``small_input`` (CIFAR-style stem) and ``drop_path_*`` (stochastic depth): see the module docstring.
-    """
-    return _torchvision_resnet(
-        StochasticDepthBottleneck,
-        [3, 8, 36, 3],
-        num_classes,
-        in_channels,
-        small_input,
-        drop_path_rate,
-        drop_path_mode,
-        zero_init_residual,
-    )
-
-
-@register_model("classification", source="torchvision")
-def resnext50_32x4d(
-    num_classes: int = 1000,
-    in_channels: int = 3,
-    small_input: bool = False,
-    drop_path_rate: float = 0.0,
-    drop_path_mode: str = "batch",
-    zero_init_residual: bool = False,
-) -> ResNet:
-    """torchvision's ResNeXt-50 32x4d (Xie et al. 2017, table 1).
-
-    ``small_input`` (CIFAR-style stem) and ``drop_path_*`` (stochastic depth): see the module docstring.
-    """
-    return _torchvision_resnet(
-        StochasticDepthBottleneck,
-        [3, 4, 6, 3],
-        num_classes,
-        in_channels,
-        small_input,
-        drop_path_rate,
-        drop_path_mode,
-        zero_init_residual,
-        groups=32,
-        width_per_group=4,
-    )
-
-
-@register_model("classification", source="torchvision")
-def resnext101_32x8d(
-    num_classes: int = 1000,
-    in_channels: int = 3,
-    small_input: bool = False,
-    drop_path_rate: float = 0.0,
-    drop_path_mode: str = "batch",
-    zero_init_residual: bool = False,
-) -> ResNet:
-    """torchvision's ResNeXt-101 32x8d (Xie et al. 2017, sec. 5.1).
-
-    ``small_input`` (CIFAR-style stem) and ``drop_path_*`` (stochastic depth): see the module docstring.
-    """
-    return _torchvision_resnet(
-        StochasticDepthBottleneck,
-        [3, 4, 23, 3],
-        num_classes,
-        in_channels,
-        small_input,
-        drop_path_rate,
-        drop_path_mode,
-        zero_init_residual,
-        groups=32,
-        width_per_group=8,
-    )
+# name, residual block, blocks per stage, docstring head (the network and its paper); ResNeXts: groups and width
+resnet18 = _torchvision_resnet(
+    "resnet18", StochasticDepthBasicBlock, [2, 2, 2, 2], "ResNet-18 (He et al. 2016, table 1)"
+)
+resnet34 = _torchvision_resnet(
+    "resnet34", StochasticDepthBasicBlock, [3, 4, 6, 3], "ResNet-34 (He et al. 2016, table 1)"
+)
+resnet50 = _torchvision_resnet(
+    "resnet50", StochasticDepthBottleneck, [3, 4, 6, 3], "ResNet-50 v1.5 (He et al. 2016, table 1)"
+)
+resnet101 = _torchvision_resnet(
+    "resnet101", StochasticDepthBottleneck, [3, 4, 23, 3], "ResNet-101 v1.5 (He et al. 2016, table 1)"
+)
+resnet152 = _torchvision_resnet(
+    "resnet152", StochasticDepthBottleneck, [3, 8, 36, 3], "ResNet-152 v1.5 (He et al. 2016, table 1)"
+)
+resnext50_32x4d = _torchvision_resnet(
+    "resnext50_32x4d", StochasticDepthBottleneck, [3, 4, 6, 3], "ResNeXt-50 32x4d (Xie et al. 2017, table 1)", 32, 4
+)
+resnext101_32x8d = _torchvision_resnet(
+    "resnext101_32x8d", StochasticDepthBottleneck, [3, 4, 23, 3], "ResNeXt-101 32x8d (Xie et al. 2017, sec. 5.1)", 32, 8
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,46 +276,24 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-@register_model("classification", source="zoo")
-def resnet20(
-    num_classes: int = 10, in_channels: int = 3, drop_path_rate: float = 0.0, drop_path_mode: str = "batch"
-) -> CifarResNet:
-    """CIFAR ResNet-20 (He et al. 2016, sec. 4.2, n = 3), hand-written; ``drop_path_*``: stochastic
-    depth (module docstring; Huang et al. 2016 train ResNet-110 with ``drop_path_rate=0.5``)."""
-    return CifarResNet(20, num_classes, in_channels, drop_path_rate, drop_path_mode)
+def _cifar_resnet(depth: int) -> Callable[..., CifarResNet]:
+    """Register and return the builder ``resnet<depth>`` of ``CifarResNet(depth)``."""
+
+    def builder(
+        num_classes: int = 10, in_channels: int = 3, drop_path_rate: float = 0.0, drop_path_mode: str = "batch"
+    ) -> CifarResNet:
+        return CifarResNet(depth, num_classes, in_channels, drop_path_rate, drop_path_mode)
+
+    builder.__name__ = builder.__qualname__ = f"resnet{depth}"
+    builder.__doc__ = (
+        f"CIFAR ResNet-{depth} (He et al. 2016, sec. 4.2, n = {(depth - 2) // 6}), hand-written; ``drop_path_*``:"
+        " stochastic\ndepth (module docstring; Huang et al. 2016 train ResNet-110 with ``drop_path_rate=0.5``)."
+    )
+    return register_model("classification", builder.__name__, source="zoo")(builder)
 
 
-@register_model("classification", source="zoo")
-def resnet32(
-    num_classes: int = 10, in_channels: int = 3, drop_path_rate: float = 0.0, drop_path_mode: str = "batch"
-) -> CifarResNet:
-    """CIFAR ResNet-32 (He et al. 2016, sec. 4.2, n = 5), hand-written; ``drop_path_*``: stochastic
-    depth (module docstring; Huang et al. 2016 train ResNet-110 with ``drop_path_rate=0.5``)."""
-    return CifarResNet(32, num_classes, in_channels, drop_path_rate, drop_path_mode)
-
-
-@register_model("classification", source="zoo")
-def resnet44(
-    num_classes: int = 10, in_channels: int = 3, drop_path_rate: float = 0.0, drop_path_mode: str = "batch"
-) -> CifarResNet:
-    """CIFAR ResNet-44 (He et al. 2016, sec. 4.2, n = 7), hand-written; ``drop_path_*``: stochastic
-    depth (module docstring; Huang et al. 2016 train ResNet-110 with ``drop_path_rate=0.5``)."""
-    return CifarResNet(44, num_classes, in_channels, drop_path_rate, drop_path_mode)
-
-
-@register_model("classification", source="zoo")
-def resnet56(
-    num_classes: int = 10, in_channels: int = 3, drop_path_rate: float = 0.0, drop_path_mode: str = "batch"
-) -> CifarResNet:
-    """CIFAR ResNet-56 (He et al. 2016, sec. 4.2, n = 9), hand-written; ``drop_path_*``: stochastic
-    depth (module docstring; Huang et al. 2016 train ResNet-110 with ``drop_path_rate=0.5``)."""
-    return CifarResNet(56, num_classes, in_channels, drop_path_rate, drop_path_mode)
-
-
-@register_model("classification", source="zoo")
-def resnet110(
-    num_classes: int = 10, in_channels: int = 3, drop_path_rate: float = 0.0, drop_path_mode: str = "batch"
-) -> CifarResNet:
-    """CIFAR ResNet-110 (He et al. 2016, sec. 4.2, n = 18), hand-written; ``drop_path_*``: stochastic
-    depth (module docstring; Huang et al. 2016 train ResNet-110 with ``drop_path_rate=0.5``)."""
-    return CifarResNet(110, num_classes, in_channels, drop_path_rate, drop_path_mode)
+resnet20 = _cifar_resnet(20)
+resnet32 = _cifar_resnet(32)
+resnet44 = _cifar_resnet(44)
+resnet56 = _cifar_resnet(56)
+resnet110 = _cifar_resnet(110)

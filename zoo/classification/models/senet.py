@@ -12,42 +12,33 @@ zoo's small-input rule (``zoo.classification.models._adapt``): the 7x7 stride-2 
 
 from __future__ import annotations
 
+import textwrap
+from collections.abc import Callable
+
 import timm
 import torch.nn as nn
 
-from zoo.classification.models._adapt import adapt_first_conv
+from zoo.classification.models.resnet import adapt_resnet_stem
 from zoo.core.registry import register_model
 
 
-def _timm_seresnet(
-    timm_name: str, num_classes: int, in_channels: int, small_input: bool, drop_path_rate: float
-) -> nn.Module:
-    model = timm.create_model(
-        timm_name,
-        pretrained=False,
-        num_classes=num_classes,
-        in_chans=in_channels,
-        drop_path_rate=drop_path_rate,
-    )
-    model.conv1 = adapt_first_conv(model.conv1, in_channels, small_input)
-    if small_input:
-        model.maxpool = nn.Identity()
-    return model
+def _timm_seresnet(name: str, network: str) -> Callable[..., nn.Module]:
+    """Register and return the builder ``name`` of timm's network ``name``; ``network`` (the network
+    and its paper) heads its docstring."""
+
+    def builder(
+        num_classes: int = 1000, in_channels: int = 3, small_input: bool = False, drop_path_rate: float = 0.0
+    ) -> nn.Module:
+        model = timm.create_model(
+            name, pretrained=False, num_classes=num_classes, in_chans=in_channels, drop_path_rate=drop_path_rate
+        )
+        return adapt_resnet_stem(model, in_channels, small_input)
+
+    builder.__name__ = builder.__qualname__ = name
+    doc = f"timm's {network}. ``small_input``, ``drop_path_rate``: see the module docstring."
+    builder.__doc__ = textwrap.fill(doc, 90)
+    return register_model("classification", name, source="timm")(builder)
 
 
-@register_model("classification", source="timm")
-def seresnet50(
-    num_classes: int = 1000, in_channels: int = 3, small_input: bool = False, drop_path_rate: float = 0.0
-) -> nn.Module:
-    """timm's SE-ResNet-50 (Hu et al. 2018, table 1). ``small_input``, ``drop_path_rate``: see
-    the module docstring."""
-    return _timm_seresnet("seresnet50", num_classes, in_channels, small_input, drop_path_rate)
-
-
-@register_model("classification", source="timm")
-def seresnext50_32x4d(
-    num_classes: int = 1000, in_channels: int = 3, small_input: bool = False, drop_path_rate: float = 0.0
-) -> nn.Module:
-    """timm's SE-ResNeXt-50 32x4d (Hu et al. 2018, table 1). ``small_input``, ``drop_path_rate``:
-    see the module docstring."""
-    return _timm_seresnet("seresnext50_32x4d", num_classes, in_channels, small_input, drop_path_rate)
+seresnet50 = _timm_seresnet("seresnet50", "SE-ResNet-50 (Hu et al. 2018, table 1)")
+seresnext50_32x4d = _timm_seresnet("seresnext50_32x4d", "SE-ResNeXt-50 32x4d (Hu et al. 2018, table 1)")

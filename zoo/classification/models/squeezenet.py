@@ -27,46 +27,37 @@ def _kaiming_uniform(weight: torch.Tensor) -> None:
     nn.init.kaiming_uniform_(weight)  # torchvision's SqueezeNet initialisation
 
 
-def _squeezenet(
-    tv_builder: Callable[..., SqueezeNet],
-    name: str,
-    num_classes: int,
-    in_channels: int,
-    small_input: bool,
-    dropout: float,
-) -> SqueezeNet:
-    model = tv_builder(weights=None, num_classes=num_classes, dropout=dropout)
-    model.features[0] = adapt_first_conv(model.features[0], in_channels, small_input, init=_kaiming_uniform)
-    if small_input:
-        model.features[2] = nn.Identity()  # the stem's max-pool
-    min_size = (MIN_INPUT_SIZE_SMALL if small_input else MIN_INPUT_SIZE)[name]
-    guard_min_input_size(model, name, min_size, small_input)
-    return model
+def _squeezenet(name: str, tv_builder: Callable[..., SqueezeNet], network: str, stem: str) -> Callable[..., SqueezeNet]:
+    """Register and return the builder ``name`` of torchvision's ``tv_builder``; ``network`` (the
+    network and its paper) heads its docstring, ``stem`` is its first convolution."""
 
+    def builder(
+        num_classes: int = 1000, in_channels: int = 3, small_input: bool = False, dropout: float = 0.5
+    ) -> SqueezeNet:
+        model = tv_builder(weights=None, num_classes=num_classes, dropout=dropout)
+        model.features[0] = adapt_first_conv(model.features[0], in_channels, small_input, init=_kaiming_uniform)
+        if small_input:
+            model.features[2] = nn.Identity()  # the stem's max-pool
+        min_size = (MIN_INPUT_SIZE_SMALL if small_input else MIN_INPUT_SIZE)[name]
+        guard_min_input_size(model, name, min_size, small_input)
+        return model
 
-@register_model("classification", source="torchvision")
-def squeezenet1_0(
-    num_classes: int = 1000, in_channels: int = 3, small_input: bool = False, dropout: float = 0.5
-) -> SqueezeNet:
-    """torchvision's SqueezeNet 1.0 (Iandola et al. 2016, table 1).
+    size, padding = MIN_INPUT_SIZE[name], " (padding 1)" if stem == "3x3" else ""
+    builder.__name__ = builder.__qualname__ = name
+    builder.__doc__ = f"""torchvision's {network}.
 
-    - ``small_input=False``: the published network (7x7 stride-2 conv, then max-pool); inputs
-      must be at least 21x21 pixels, smaller ones raise a ``ValueError``.
-    - ``small_input=True``: CIFAR-style stem: ``features.0`` becomes 3x3 stride 1 and the stem
-      max-pool ``features.2`` is removed, so a 32x32 image ends as a 7x7 map.
-    """
-    return _squeezenet(tvm.squeezenet1_0, "squeezenet1_0", num_classes, in_channels, small_input, dropout)
-
-
-@register_model("classification", source="torchvision")
-def squeezenet1_1(
-    num_classes: int = 1000, in_channels: int = 3, small_input: bool = False, dropout: float = 0.5
-) -> SqueezeNet:
-    """torchvision's SqueezeNet 1.1 (Iandola et al.'s v1.1 release of their 2016 network).
-
-    - ``small_input=False``: the published network (3x3 stride-2 conv, then max-pool); inputs
-      must be at least 17x17 pixels, smaller ones raise a ``ValueError``.
-    - ``small_input=True``: CIFAR-style stem: ``features.0`` becomes 3x3 stride 1 (padding 1)
+    - ``small_input=False``: the published network ({stem} stride-2 conv, then max-pool); inputs
+      must be at least {size}x{size} pixels, smaller ones raise a ``ValueError``.
+    - ``small_input=True``: CIFAR-style stem: ``features.0`` becomes 3x3 stride 1{padding}
       and the stem max-pool ``features.2`` is removed, so a 32x32 image ends as a 7x7 map.
     """
-    return _squeezenet(tvm.squeezenet1_1, "squeezenet1_1", num_classes, in_channels, small_input, dropout)
+    return register_model("classification", name, source="torchvision")(builder)
+
+
+squeezenet1_0 = _squeezenet("squeezenet1_0", tvm.squeezenet1_0, "SqueezeNet 1.0 (Iandola et al. 2016, table 1)", "7x7")
+squeezenet1_1 = _squeezenet(
+    "squeezenet1_1",
+    tvm.squeezenet1_1,
+    "SqueezeNet 1.1 (Iandola et al.'s v1.1 release of their 2016 network)",
+    "3x3",
+)

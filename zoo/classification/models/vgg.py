@@ -29,90 +29,31 @@ MIN_INPUT_SIZE = 32
 MIN_INPUT_SIZE_SMALL = 16  # four max-pools left
 
 
-def _vgg(
-    tv_builder: Callable[..., VGG],
-    name: str,
-    num_classes: int,
-    in_channels: int,
-    small_input: bool,
-    dropout: float,
-) -> VGG:
-    model = tv_builder(weights=None, num_classes=num_classes, dropout=dropout)
-    model.features[0] = adapt_first_conv(model.features[0], in_channels)  # already 3x3, stride 1
-    if small_input:
-        first_pool = next(i for i, m in enumerate(model.features) if isinstance(m, nn.MaxPool2d))
-        model.features[first_pool] = nn.Identity()
-    guard_min_input_size(model, name, MIN_INPUT_SIZE_SMALL if small_input else MIN_INPUT_SIZE, small_input)
-    return model
+def _vgg(name: str, tv_builder: Callable[..., VGG], config: str) -> Callable[..., VGG]:
+    """Register and return the builder ``name`` of torchvision's ``tv_builder``, the paper's
+    configuration ``config`` (with batch normalisation for a ``_bn`` name)."""
 
+    def builder(num_classes: int = 1000, in_channels: int = 3, small_input: bool = False, dropout: float = 0.5) -> VGG:
+        model = tv_builder(weights=None, num_classes=num_classes, dropout=dropout)
+        model.features[0] = adapt_first_conv(model.features[0], in_channels)  # already 3x3, stride 1
+        if small_input:
+            first_pool = next(i for i, m in enumerate(model.features) if isinstance(m, nn.MaxPool2d))
+            model.features[first_pool] = nn.Identity()
+        guard_min_input_size(model, name, MIN_INPUT_SIZE_SMALL if small_input else MIN_INPUT_SIZE, small_input)
+        return model
 
-@register_model("classification", source="torchvision")
-def vgg11(
-    num_classes: int = 1000, in_channels: int = 3, small_input: bool = False, dropout: float = 0.5
-) -> VGG:
-    """torchvision's VGG configuration A (Simonyan & Zisserman 2015, table 1);
+    batch_norm = " with batch normalisation" if name.endswith("_bn") else ""
+    builder.__name__ = builder.__qualname__ = name
+    builder.__doc__ = f"""torchvision's VGG configuration {config}{batch_norm} (Simonyan & Zisserman 2015, table 1);
     ``small_input``: see the module docstring."""
-    return _vgg(tvm.vgg11, "vgg11", num_classes, in_channels, small_input, dropout)
+    return register_model("classification", name, source="torchvision")(builder)
 
 
-@register_model("classification", source="torchvision")
-def vgg13(
-    num_classes: int = 1000, in_channels: int = 3, small_input: bool = False, dropout: float = 0.5
-) -> VGG:
-    """torchvision's VGG configuration B (Simonyan & Zisserman 2015, table 1);
-    ``small_input``: see the module docstring."""
-    return _vgg(tvm.vgg13, "vgg13", num_classes, in_channels, small_input, dropout)
-
-
-@register_model("classification", source="torchvision")
-def vgg16(
-    num_classes: int = 1000, in_channels: int = 3, small_input: bool = False, dropout: float = 0.5
-) -> VGG:
-    """torchvision's VGG configuration D (Simonyan & Zisserman 2015, table 1);
-    ``small_input``: see the module docstring."""
-    return _vgg(tvm.vgg16, "vgg16", num_classes, in_channels, small_input, dropout)
-
-
-@register_model("classification", source="torchvision")
-def vgg19(
-    num_classes: int = 1000, in_channels: int = 3, small_input: bool = False, dropout: float = 0.5
-) -> VGG:
-    """torchvision's VGG configuration E (Simonyan & Zisserman 2015, table 1);
-    ``small_input``: see the module docstring."""
-    return _vgg(tvm.vgg19, "vgg19", num_classes, in_channels, small_input, dropout)
-
-
-@register_model("classification", source="torchvision")
-def vgg11_bn(
-    num_classes: int = 1000, in_channels: int = 3, small_input: bool = False, dropout: float = 0.5
-) -> VGG:
-    """torchvision's VGG configuration A with batch normalisation (Simonyan & Zisserman 2015, table 1);
-    ``small_input``: see the module docstring."""
-    return _vgg(tvm.vgg11_bn, "vgg11_bn", num_classes, in_channels, small_input, dropout)
-
-
-@register_model("classification", source="torchvision")
-def vgg13_bn(
-    num_classes: int = 1000, in_channels: int = 3, small_input: bool = False, dropout: float = 0.5
-) -> VGG:
-    """torchvision's VGG configuration B with batch normalisation (Simonyan & Zisserman 2015, table 1);
-    ``small_input``: see the module docstring."""
-    return _vgg(tvm.vgg13_bn, "vgg13_bn", num_classes, in_channels, small_input, dropout)
-
-
-@register_model("classification", source="torchvision")
-def vgg16_bn(
-    num_classes: int = 1000, in_channels: int = 3, small_input: bool = False, dropout: float = 0.5
-) -> VGG:
-    """torchvision's VGG configuration D with batch normalisation (Simonyan & Zisserman 2015, table 1);
-    ``small_input``: see the module docstring."""
-    return _vgg(tvm.vgg16_bn, "vgg16_bn", num_classes, in_channels, small_input, dropout)
-
-
-@register_model("classification", source="torchvision")
-def vgg19_bn(
-    num_classes: int = 1000, in_channels: int = 3, small_input: bool = False, dropout: float = 0.5
-) -> VGG:
-    """torchvision's VGG configuration E with batch normalisation (Simonyan & Zisserman 2015, table 1);
-    ``small_input``: see the module docstring."""
-    return _vgg(tvm.vgg19_bn, "vgg19_bn", num_classes, in_channels, small_input, dropout)
+vgg11 = _vgg("vgg11", tvm.vgg11, "A")
+vgg13 = _vgg("vgg13", tvm.vgg13, "B")
+vgg16 = _vgg("vgg16", tvm.vgg16, "D")
+vgg19 = _vgg("vgg19", tvm.vgg19, "E")
+vgg11_bn = _vgg("vgg11_bn", tvm.vgg11_bn, "A")
+vgg13_bn = _vgg("vgg13_bn", tvm.vgg13_bn, "B")
+vgg16_bn = _vgg("vgg16_bn", tvm.vgg16_bn, "D")
+vgg19_bn = _vgg("vgg19_bn", tvm.vgg19_bn, "E")

@@ -59,12 +59,16 @@ class MLPDecoder(nn.Module):
         return self.net(z).view(len(z), *self.shape)
 
 
-def _check_conv_size(image_size: int) -> None:
+def _conv_stages(image_size: int, channels: Sequence[int]) -> tuple[int, int]:
+    """The channels of the two convolutional stages, which halve the image twice: ``image_size`` must be a multiple
+    of 4."""
     if image_size % 4:
         raise ValueError(
             f"the convolutional encoder/decoder halves the image twice: image_size must be a multiple of 4, "
             f"got {image_size}. Fix: pad or resize the images, or use a fully connected network (*_mlp)."
         )
+    c1, c2 = channels
+    return c1, c2
 
 
 class ConvEncoder(nn.Module):
@@ -74,8 +78,7 @@ class ConvEncoder(nn.Module):
         self, in_channels: int, image_size: int, out_features: int, channels: Sequence[int] = CONV_CHANNELS
     ) -> None:
         super().__init__()
-        _check_conv_size(image_size)
-        c1, c2 = channels
+        c1, c2 = _conv_stages(image_size, channels)
         self.net = nn.Sequential(
             nn.Conv2d(in_channels, c1, 4, stride=2, padding=1), nn.ReLU(inplace=True),
             nn.Conv2d(c1, c2, 4, stride=2, padding=1), nn.ReLU(inplace=True),
@@ -93,13 +96,11 @@ class ConvDecoder(nn.Module):
         self, in_channels: int, image_size: int, latent_dim: int, channels: Sequence[int] = CONV_CHANNELS
     ) -> None:
         super().__init__()
-        _check_conv_size(image_size)
-        c1, c2 = channels
+        c1, self.c2 = _conv_stages(image_size, channels)  # forward reshapes the projection to (c2, grid, grid)
         self.grid = image_size // 4
-        self.c2 = c2
-        self.project = nn.Sequential(nn.Linear(latent_dim, c2 * self.grid**2), nn.ReLU(inplace=True))
+        self.project = nn.Sequential(nn.Linear(latent_dim, self.c2 * self.grid**2), nn.ReLU(inplace=True))
         self.net = nn.Sequential(
-            nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1), nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(self.c2, c1, 4, stride=2, padding=1), nn.ReLU(inplace=True),
             nn.ConvTranspose2d(c1, in_channels, 4, stride=2, padding=1),
         )
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -102,15 +103,18 @@ def load_encoder_weights(encoder: nn.Module, weights: str | os.PathLike) -> Load
     return report
 
 
+@register_model("segmentation", "smp", source="smp")
 def build_smp(
-    arch: str,
+    arch: str = "Unet",
     num_classes: int = 2,
     in_channels: int = 3,
     encoder_name: str = "resnet34",
     encoder_weights: str | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """An smp model of architecture ``arch`` (a key of :data:`SMP_ARCHITECTURES` or an smp class name)."""
+    """An smp model of architecture ``arch`` (a key of :data:`SMP_ARCHITECTURES` or an smp class name: ``Unet``,
+    ``FPN``, ``DeepLabV3Plus``, ...), registered as ``smp``; each architecture is also registered alone (``smp_<key>``,
+    this builder with ``arch`` fixed)."""
     key = arch.lower()
     if key not in SMP_ARCHITECTURES:
         names = {v.lower(): k for k, v in SMP_ARCHITECTURES.items()}
@@ -132,30 +136,14 @@ def build_smp(
     return model
 
 
-@register_model("segmentation", "smp", source="smp")
-def smp_model(
-    arch: str = "Unet",
-    num_classes: int = 2,
-    in_channels: int = 3,
-    encoder_name: str = "resnet34",
-    encoder_weights: str | None = None,
-    **kwargs: Any,
-) -> nn.Module:
-    """Any smp architecture by name (``arch: Unet``, ``FPN``, ``DeepLabV3Plus``, ...)."""
-    return build_smp(arch, num_classes, in_channels, encoder_name, encoder_weights, **kwargs)
+smp_model = build_smp  # the name of the ``smp`` builder before build_smp took its place
 
 
 def _register(key: str, cls_name: str) -> None:
-    def builder(
-        num_classes: int = 2,
-        in_channels: int = 3,
-        encoder_name: str = "resnet34",
-        encoder_weights: str | None = None,
-        **kwargs: Any,
-    ) -> nn.Module:
-        return build_smp(key, num_classes, in_channels, encoder_name, encoder_weights, **kwargs)
-
-    builder.__name__ = f"smp_{key}"
+    """Register ``smp_<key>``: :func:`build_smp` with ``arch`` fixed, so with its signature less ``arch``."""
+    builder = partial(build_smp, key)
+    builder.__name__ = builder.__qualname__ = f"smp_{key}"
+    builder.__module__ = __name__
     builder.__doc__ = f"smp.{cls_name} with any smp encoder; encoder_weights only from a local file."
     register_model("segmentation", f"smp_{key}", source="smp")(builder)
 

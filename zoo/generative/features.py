@@ -4,10 +4,11 @@ data), or torchmetrics' Inception v3 from a local weights file.
 Inception features (Heusel et al. 2017) were made for 299x299 colour photographs; on 28x28 digits a
 classifier trained on the digits themselves is the usual substitute, and costs no download. The
 zoo's default is LeNet-5 (``lenet5``) trained for one epoch on the MNIST training split (about
-98.5% test accuracy, half a minute on a CPU) by the training script of this package
-(``zoo/generative/features/__main__.py``, :func:`zoo.generative.features.__main__.train_feature_classifier`):
+98.5% test accuracy, half a minute on a CPU) by the training script
+:mod:`zoo.evaluation.fid_features` (a tool above the families: it trains a classifier for the generative
+family, which imports no other family):
 
-    python -m zoo.generative.features --out checkpoints/fid_lenet5_mnist.ckpt
+    python -m zoo.evaluation.fid_features --out checkpoints/fid_lenet5_mnist.ckpt
 
 Its features are the **input of the last linear layer** (LeNet-5: the 84 F6 activations,
 ``net.classifier.2``'s output; ``convnet``: the 576 pooled, flattened conv features): the
@@ -72,20 +73,26 @@ class ClassifierFeatures(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, mean: float = MNIST_MEAN, std: float = MNIST_STD) -> ClassifierFeatures:
-        """Load an ``ImageClassifier`` checkpoint (e.g. from ``python -m zoo.generative.features``)."""
-        from zoo.classification import ImageClassifier
+        """Load a zoo classifier checkpoint (e.g. from ``python -m zoo.evaluation.fid_features``), through the
+        family-neutral :func:`zoo.core.checkpoint.load_zoo_module`."""
+        from zoo.core.checkpoint import CheckpointError, load_zoo_module
 
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(
                 f"FID feature classifier {path} not found. Fix: train it once with "
-                f"`python -m zoo.generative.features --out {path}` (about half a minute on a CPU), "
+                f"`python -m zoo.evaluation.fid_features --out {path}` (about half a minute on a CPU), "
                 f"or point fid_classifier at an existing ImageClassifier checkpoint."
             )
         try:
-            model = ImageClassifier.load_from_checkpoint(path, map_location="cpu")
-        except (KeyError, TypeError, RuntimeError) as err:
+            model = load_zoo_module(path)
+        except (CheckpointError, KeyError, TypeError, RuntimeError) as err:
             raise ValueError(f"{path} is not an ImageClassifier checkpoint ({type(err).__name__}: {err})") from err
+        if getattr(model, "family", None) != "classification":
+            raise ValueError(
+                f"{path} is not an ImageClassifier checkpoint: it holds a {type(model).__name__} "
+                f"({getattr(model, 'family', None)} family). Fix: point fid_classifier at a classifier checkpoint."
+            )
         return cls(model, mean, std)
 
 

@@ -1,7 +1,10 @@
-"""Train the FID feature classifier on real (Fashion-)MNIST: the training script of
-:mod:`zoo.generative.features` (kept out of the library part, which imports no datamodule).
+"""Train the FID feature classifier on real (Fashion-)MNIST, whose features
+:class:`zoo.generative.features.ClassifierFeatures` reads.
 
-    python -m zoo.generative.features --out checkpoints/fid_lenet5_mnist.ckpt
+    python -m zoo.evaluation.fid_features --out checkpoints/fid_lenet5_mnist.ckpt
+
+A tool above the families (it trains a classifier for the generative family's metrics, and the families import
+no other family), kept out of the library modules, which build no datamodule.
 """
 
 from __future__ import annotations
@@ -54,9 +57,9 @@ def train_feature_classifier(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m zoo.generative.features --out PATH [--data-dir DIR] [--network lenet5] [--epochs 1] ...``."""
+    """``python -m zoo.evaluation.fid_features --out PATH [--data-dir DIR] [--network lenet5] [--epochs 1] ...``."""
     parser = argparse.ArgumentParser(
-        prog="python -m zoo.generative.features", description="Train the FID feature classifier on real MNIST."
+        prog="python -m zoo.evaluation.fid_features", description="Train the FID feature classifier on real MNIST."
     )
     parser.add_argument("--out", required=True, help="checkpoint path to write")
     parser.add_argument("--data-dir", default=None, help="default: $ZOO_DATA_DIR, else ./data")
