@@ -63,3 +63,25 @@ def test_a_linked_argument_given_on_the_command_line_that_disagrees_with_the_dat
 def test_a_linked_argument_that_agrees_with_the_data_is_accepted():
     cli = main(["--config", DIGITS, "--model.init_args.num_classes", "10", *QUIET], run=False)
     assert cli.model.num_classes == 10
+
+
+def test_resuming_with_a_longer_one_cycle_schedule_is_refused_before_the_first_step(tmp_path):
+    run = ["--config", DIGITS, "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+           f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.limit_train_batches=3",
+           "--trainer.limit_val_batches=1", "--model.init_args.network_kwargs", "{width: 4}"]
+    first = main(["fit", *run, "--trainer.max_epochs=1"])
+    last = Path(first.trainer.checkpoint_callback.last_model_path)
+    assert last.is_file()
+    with pytest.raises(ValueError, match=r"OneCycleLR was built for 3 optimizer steps.*asks for 6.*Fix: resume with "
+                                         r"the original --trainer.max_epochs"):
+        main(["fit", *run, "--trainer.max_epochs=2", f"--ckpt_path={last}"])
+    # the same length resumes (here: nothing left to do)
+    again = main(["fit", *run, "--trainer.max_epochs=1", f"--ckpt_path={last}"])
+    assert again.trainer.global_step == 3
+
+
+def test_test_without_a_checkpoint_warns_and_the_report_says_so_first(tmp_path):
+    with pytest.warns(UserWarning, match="test without --ckpt_path evaluates ImageClassifier as it was just built"):
+        main(["test", "--config", DIGITS, *QUIET, "--trainer.limit_test_batches=1", f"--report_dir={tmp_path}"])
+    first_line = (tmp_path / "report.md").read_text().splitlines()[0]
+    assert first_line.endswith("NO CHECKPOINT, random initial weights (untrained)")

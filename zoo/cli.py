@@ -232,6 +232,12 @@ class ZooCLI(LightningCLI):
         # Weights that do not fit the built network (an older, incompatible checkpoint): name the keys and the
         # checkpoint's version instead of Lightning's bare load_state_dict error.
         ckpt_path = self.config["test"].get("ckpt_path")
+        if not ckpt_path:
+            rank_zero_warn(
+                f"test without --ckpt_path evaluates {type(self.model).__name__} as it was just built: its initial "
+                "weights, not a trained model (the report says so in its first line). Fix: pass --ckpt_path "
+                "runs/<name>/version_<n>/checkpoints/<file>.ckpt to evaluate a trained model."
+            )
         if ckpt_path and Path(ckpt_path).is_file():
             check_state_dict_compatible(read_checkpoint_info(ckpt_path), self.model)
 

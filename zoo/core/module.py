@@ -59,6 +59,28 @@ def is_weights_argument(name: str) -> bool:
     return name == "weights" or name.endswith("_weights")
 
 
+def check_schedule_covers_the_run(module: pl.LightningModule) -> None:
+    """Refuse, before the first step, to resume a run whose fixed-length schedule (OneCycleLR: ``total_steps``,
+    restored from the checkpoint) ends before the resumed run does (a larger ``max_epochs`` / ``max_steps``):
+    PyTorch would raise mid-run when stepping past the end, and a one-cycle schedule cannot be stretched without
+    its learning rate jumping."""
+    trainer = module.trainer
+    if not trainer.ckpt_path or not module.automatic_optimization:
+        return
+    wanted = trainer.estimated_stepping_batches
+    for config in trainer.lr_scheduler_configs:
+        total = getattr(config.scheduler, "total_steps", None)
+        if config.interval == "step" and isinstance(total, int) and total < wanted:
+            raise ValueError(
+                f"--ckpt_path {trainer.ckpt_path}: its {type(config.scheduler).__name__} was built for {total} "
+                f"optimizer steps (the run's length when it started), but this run asks for {int(wanted)} "
+                f"(max_epochs={trainer.max_epochs}, max_steps={trainer.max_steps}); a one-cycle schedule cannot be "
+                f"extended mid-run. Fix: resume with the original --trainer.max_epochs / --trainer.max_steps, or "
+                f"start a new run from these weights (a classifier: --model.init_args.pretrained "
+                f"{trainer.ckpt_path}) with the longer schedule."
+            )
+
+
 class ZooModule(pl.LightningModule):
     """Base of every LightningModule of the zoo (see the module docstring for what it holds).
 
@@ -121,6 +143,9 @@ class ZooModule(pl.LightningModule):
             interval=self.lr_scheduler_interval,
             monitor=self.monitor,
         )
+
+    def on_train_start(self) -> None:
+        check_schedule_covers_the_run(self)
 
     # -- metric states ----------------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:

@@ -271,6 +271,8 @@ class EvaluationReport(pl.Callback):
         self.metrics_path = report_dir / "metrics.json"
         self.metrics_path.write_text(json.dumps(summary, indent=2, default=str, allow_nan=False) + "\n")
         title = self.title or f"Evaluation of {type(pl_module).__name__} ({_network_name(pl_module)})"
+        if not trainer.ckpt_path:  # said in the first line: numbers of untrained weights must not pass for results
+            title = f"{title}: NO CHECKPOINT, {_initial_weights(pl_module)}"
         overview = Section(
             "Overview",
             tables=[
@@ -290,6 +292,14 @@ class EvaluationReport(pl.Callback):
         )
         write_report_files(report_dir, title, [overview, *family.sections, metrics_section])
         self.timing["write_s"] = time.perf_counter() - start
+
+
+def _initial_weights(module: pl.LightningModule) -> str:
+    """What the weights of a module evaluated without a checkpoint are."""
+    hp = getattr(module, "hparams", {}) or {}
+    files = [f"{k}={v}" for k, v in hp.items() if v and (k == "pretrained" or k == "weights" or k.endswith("_weights"))]
+    files += [f"{k}={v}" for k, v in (hp.get("network_kwargs") or {}).items() if v and k.endswith("weights")]
+    return f"the initial weights ({', '.join(files)})" if files else "random initial weights (untrained)"
 
 
 def _network_name(module: pl.LightningModule) -> str:
