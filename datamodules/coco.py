@@ -41,6 +41,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.distributed import make_split_loader
+from datamodules.errors import DataError
 from datamodules.paths import resolve_data_dir
 from datamodules.transforms import seed_transform
 
@@ -48,7 +49,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 BadInput = Literal["error", "skip"]
 
 
-class COCODataError(ValueError):
+class COCODataError(DataError, ValueError):
     """A COCO annotation file or image that cannot be used as it is."""
 
 

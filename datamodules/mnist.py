@@ -18,17 +18,18 @@ import numpy as np
 import torch
 
 from datamodules.base import InMemoryClassificationDataModule
+from datamodules.errors import DataError
 from datamodules.paths import resolve_data_dir
 
 IDX_IMAGES_MAGIC = 2051
 IDX_LABELS_MAGIC = 2049
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(DataError, FileNotFoundError):
     """A data set's files are not where the datamodule looked, and could not be downloaded."""
 
 
-class CorruptFileError(ValueError):
+class CorruptFileError(DataError, ValueError):
     """A data file exists but its content is not what its format promises."""
 
 

@@ -40,6 +40,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.distributed import make_dataloader, make_split_loader
+from datamodules.errors import DataError
 from datamodules.paths import resolve_data_dir
 from datamodules.transforms import seed_transform, segmentation_train_transform
 from datamodules.weight_maps import WeightMapCache
@@ -47,7 +48,7 @@ from datamodules.weight_maps import WeightMapCache
 IMAGE_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 
 
-class SegmentationDataError(ValueError):
+class SegmentationDataError(DataError, ValueError):
     """A segmentation data file that cannot be used as it is (the message names it and the fix)."""
 
 

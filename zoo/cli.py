@@ -13,6 +13,7 @@ LightningModule and that its weights fit the configured network.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 
 import datamodules  # noqa: F401  (registers the datamodules for short class names)
 import zoo  # noqa: F401  (imports every family: their LightningModules resolve by class path)
+from datamodules.errors import DataError
 from zoo.core.checkpoint import (
     check_checkpoint_class,
     check_state_dict_compatible,
@@ -31,6 +33,7 @@ from zoo.core.checkpoint import (
     import_class,
     read_checkpoint_info,
 )
+from zoo.core.errors import ZooUserError
 from zoo.core.registry import get_model_entry
 from zoo.core.reliability import FailureGuard, ResumeCheckpoint, install_atomic_checkpoint_io, reuse_run_dir_for_last
 
@@ -272,3 +275,39 @@ def main(args: list[str] | None = None, run: bool = True) -> ZooCLI:
         args=args,
         run=run,
     )
+
+
+# Exceptions of these types are user errors when their message names the fix (the zoo's convention for every
+# message about what the user gave); the zoo's own error classes always are.
+PLAIN_USER_ERROR_TYPES = (ValueError, TypeError, FileNotFoundError, KeyError, OSError)
+
+
+def is_user_error(error: BaseException) -> bool:
+    """A mistake in what the user gave (argument, file, checkpoint, data), as opposed to a bug."""
+    if isinstance(error, (ZooUserError, DataError)):
+        return True
+    return isinstance(error, PLAIN_USER_ERROR_TYPES) and "Fix:" in str(error)
+
+
+def user_error_paragraph(error: BaseException) -> str:
+    """What ``train.py`` prints for a user error: the message (what, where, the fix) and how to see more."""
+    message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    return f"error: {message}\n(the traceback: add --debug or set ZOO_DEBUG=1)"
+
+
+def run(argv: list[str] | None = None) -> int:
+    """``train.py``: the CLI on ``argv`` (default ``sys.argv[1:]``); a user error is printed as one paragraph and
+    returns exit code 2, with the traceback only under ``--debug`` or ``ZOO_DEBUG=1``; a bug raises as usual."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in words or os.environ.get("ZOO_DEBUG", "") not in ("", "0")
+    words = [a for a in words if a != "--debug"]
+    if argv is None:  # LightningCLI reads sys.argv itself (and warns when given the same words twice)
+        sys.argv[1:] = words
+    try:
+        main(None if argv is None else words)
+    except Exception as error:  # noqa: BLE001  (sorted into user errors and bugs right here)
+        if debug or not is_user_error(error):
+            raise
+        print(user_error_paragraph(error), file=sys.stderr, flush=True)
+        return 2
+    return 0

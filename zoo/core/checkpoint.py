@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from zoo.core.errors import ZooUserError
+
 # Bumped when what a checkpoint must hold for the current code to load it changes. 2: the registry-name
 # argument is ``network`` in every family (ZooModule.renamed_arguments maps the older names when reading).
 CHECKPOINT_FORMAT_VERSION = 2
@@ -40,7 +42,7 @@ _CLASS_BY_ARGUMENTS = (
 )
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ZooUserError, ValueError):
     """A checkpoint that cannot be used as asked: another family, an incompatible version, a missing file."""
 
 

@@ -22,10 +22,12 @@ from typing import Any, TypeVar
 
 import torch.nn as nn
 
+from zoo.core.errors import ZooUserError
+
 Builder = TypeVar("Builder", bound=Callable[..., nn.Module])
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(ZooUserError, ValueError):
     """A model name that no builder was registered under."""
 
 

@@ -29,12 +29,14 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from zoo.core.errors import ZooUserError
+
 # Key prefixes that wrap a network's own keys in other files: a zoo LightningModule keeps its network under
 # ``net``; DataParallel / DDP save ``module.``; many training scripts ``model.``.
 WRAPPER_PREFIXES = ("net.", "module.", "model.")
 
 
-class PretrainedWeightsError(ValueError):
+class PretrainedWeightsError(ZooUserError, ValueError):
     """A weights file that cannot be read, or does not fit the network it is loaded into."""
 
 

@@ -42,9 +42,10 @@ import pytorch_lightning as pl
 import torch
 
 from zoo.core.checkpoint import class_path, git_commit, import_class, software_versions
+from zoo.core.errors import ZooUserError
 
 
-class ReportDirError(OSError):
+class ReportDirError(ZooUserError, OSError):
     """The report folder cannot be created or written."""
 
 

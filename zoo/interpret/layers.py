@@ -16,9 +16,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from zoo.classification.summary import Summary, summarize
+from zoo.core.errors import ZooUserError
 
 
-class UnknownLayerError(KeyError):
+class UnknownLayerError(ZooUserError, KeyError):
     """A layer name the network does not have; the message lists the available ones."""
 
     def __str__(self) -> str:  # KeyError quotes its message; show it as written

@@ -28,12 +28,13 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
+from zoo.core.errors import ZooUserError
 from zoo.core.registry import register_model
 
 Padding = Literal["valid", "same"]
 
 
-class InvalidInputSizeError(ValueError):
+class InvalidInputSizeError(ZooUserError, ValueError):
     """An input size that the UNet cannot take (a 2x2 pooling would see an odd size)."""
 
 
