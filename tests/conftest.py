@@ -58,3 +58,13 @@ def _quiet_and_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     # LightningCLI(args=...) warns when sys.argv also carries arguments (pytest's own).
     monkeypatch.setattr("sys.argv", ["train.py"])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory) -> Path:
+    """``$ZOO_CACHE_DIR`` in a temporary folder: the tests never write into the user's ~/.cache."""
+    if os.environ.get("ZOO_CACHE_DIR"):
+        return Path(os.environ["ZOO_CACHE_DIR"])
+    cache = tmp_path_factory.mktemp("zoo_cache")
+    os.environ["ZOO_CACHE_DIR"] = str(cache)
+    return cache

@@ -82,6 +82,26 @@ class ZooCLI(LightningCLI):
         if family and isinstance(name, str):
             entry = get_model_entry(name, family)
             self._fit_network_kwargs(init_args, entry)
+        if init_args.get("fid_classifier") == "auto" and self.subcommand in ("fit", "validate", "test"):
+            self._prepare_default_fid_features(config)
+
+    def _prepare_default_fid_features(self, config: Any) -> None:
+        """``fid_classifier: auto``: the default LeNet-5 FID features from the cache, trained there on first use
+        (one epoch of MNIST from the run's ``data_dir``, about half a minute on a CPU), saying so and how long."""
+        import time
+
+        from zoo.evaluation.fid_features import train_feature_classifier
+        from zoo.generative.features import default_feature_classifier_path
+
+        path = default_feature_classifier_path()
+        if path.is_file():
+            return
+        data_dir = ((config.get("data") or {}).get("init_args") or {}).get("data_dir")
+        print(f"fid_classifier: auto: training the FID feature classifier (LeNet-5, one epoch of MNIST) once, "
+              f"into {path} ...", flush=True)
+        start = time.perf_counter()
+        train_feature_classifier(path, data_dir)
+        print(f"fid_classifier: auto: {path} trained in {time.perf_counter() - start:.0f} s", flush=True)
 
     def _fit_network_kwargs(self, init_args: Any, entry: Any) -> None:
         """``network_kwargs`` that the chosen network's builder does not take: dropped with a warning when the user

@@ -94,3 +94,14 @@ def test_the_feature_classifier_training_script_stays_out_of_the_library():
     run = subprocess.run([sys.executable, "-m", "zoo.evaluation.fid_features", "--help"], capture_output=True,
                          text=True, check=True, cwd=root)  # fmt: skip
     assert "usage: python -m zoo.evaluation.fid_features" in run.stdout and "--out" in run.stdout
+
+
+def test_a_missing_feature_classifier_stops_the_run_before_the_first_step(tiny_images, tmp_path, monkeypatch):
+    import pytorch_lightning as pl
+
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "empty_cache"))
+    model = VAE(latent_dim=4, fid_classifier="auto")
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, max_steps=5, enable_progress_bar=False)
+    with pytest.raises(FileNotFoundError, match=r"empty_cache/fid_lenet5_mnist\.ckpt not found.*fid_classifier: auto"):
+        trainer.fit(model, tiny_images(n=64))
+    assert trainer.global_step == 0

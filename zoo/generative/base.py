@@ -119,8 +119,10 @@ class GenerativeModule(ZooModule):
         metric_samples: real validation images (and as many generated ones) for FID and the 1-NN
             test at validation end (models that sample: VAE, GAN, DCGAN).
         fid_classifier: path of an ``ImageClassifier`` checkpoint whose penultimate features FID
-            uses (``python -m zoo.evaluation.fid_features --out PATH`` trains the default one). Without
-            it (and without ``fid_inception_weights``) FID is skipped and the 1-NN test runs on pixels.
+            uses (``python -m zoo.evaluation.fid_features --out PATH`` trains the default one), or ``auto``:
+            the default one in the cache (``zoo.generative.features.default_feature_classifier_path``), which
+            ``train.py`` trains on first use. Without it (and without ``fid_inception_weights``) FID is
+            skipped and the 1-NN test runs on pixels. A missing file stops the run before the first step.
         fid_inception_weights: path of local Inception v3 FID weights: torchmetrics' Inception
             features instead (needs ``torch-fidelity``).
         network_kwargs: other keyword arguments of the network's builder (e.g. ``gan_mlp``'s ``dropout``);
@@ -291,6 +293,11 @@ class GenerativeModule(ZooModule):
         check_finite_losses(losses, self.global_step, self.current_epoch)
 
     # -- sample quality ------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage in ("fit", "validate", "test") and self.can_sample and self.metric_samples > 0:
+            self.feature_extractor()  # a missing FID feature file stops the run here, before the first step
+
     def feature_extractor(self) -> FeatureExtractor | None:
         """The FID feature extractor named by ``fid_classifier`` / ``fid_inception_weights`` (or None)."""
         if self._extractor is None and (self.fid_classifier or self.fid_inception_weights):

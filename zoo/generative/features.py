@@ -26,6 +26,21 @@ import torch
 import torch.nn as nn
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+AUTO = "auto"  # fid_classifier: the default LeNet-5 features, trained once into the cache (train.py does it)
+
+
+def default_feature_classifier_path() -> Path:
+    """Where ``fid_classifier: auto`` keeps the default LeNet-5 MNIST feature classifier:
+    ``$ZOO_CACHE_DIR/fid_lenet5_mnist.ckpt``, by default ``~/.cache/vision-zoo/fid_lenet5_mnist.ckpt``."""
+    import os
+
+    root = os.environ.get("ZOO_CACHE_DIR") or Path.home() / ".cache" / "vision-zoo"
+    return Path(root) / "fid_lenet5_mnist.ckpt"
+
+
+def resolve_feature_classifier(fid_classifier: str | None) -> str | None:
+    """``fid_classifier`` as a path: ``auto`` is :func:`default_feature_classifier_path`."""
+    return str(default_feature_classifier_path()) if fid_classifier == AUTO else fid_classifier
 
 
 def _last_linear(net: nn.Module) -> tuple[str, nn.Linear]:
@@ -77,12 +92,13 @@ class ClassifierFeatures(nn.Module):
         family-neutral :func:`zoo.core.checkpoint.load_zoo_module`."""
         from zoo.core.checkpoint import CheckpointError, load_zoo_module
 
-        path = Path(path)
+        path = Path(resolve_feature_classifier(str(path)))
         if not path.is_file():
             raise FileNotFoundError(
                 f"FID feature classifier {path} not found. Fix: train it once with "
-                f"`python -m zoo.evaluation.fid_features --out {path}` (about half a minute on a CPU), "
-                f"or point fid_classifier at an existing ImageClassifier checkpoint."
+                f"`python -m zoo.evaluation.fid_features --out {path}` (about half a minute on a CPU; train.py "
+                f"does it by itself for fid_classifier: auto), or point fid_classifier at an existing "
+                f"ImageClassifier checkpoint, or set it to null (FID skipped, 1-NN on pixels)."
             )
         try:
             model = load_zoo_module(path)
