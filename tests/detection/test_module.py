@@ -98,6 +98,8 @@ def test_test_from_checkpoint_prints_coco_table_and_predict_writes_valid_results
     gt = COCO(str(tiny_coco))
     dt = gt.loadRes(str(out_dir / "predictions.json"))
     assert len(dt.getAnnIds()) == len(results)
+    # every detection names the file it was found in: its COCO image id and file name agree with the input JSON
+    assert all(Path(r["file_name"]).name == Path(gt.imgs[r["image_id"]]["file_name"]).name for r in results)
     assert len(list(out_dir.glob("*_boxes.png"))) == 2  # the validation images, drawn
 
     restored = ObjectDetector.load_from_checkpoint(ckpt)

@@ -31,8 +31,9 @@ class ObjectDetector(ZooModule):
     a background row and column) in ``last_test_result``, from which the evaluation report
     (:mod:`zoo.evaluation.detection`) draws ``pr_curves.png``, ``confusion_matrix.png`` and the rest.
 
-    ``predict`` writes ``predictions.json`` (a COCO results file: ``image_id``, ``category_id`` in
-    the data's COCO ids, ``bbox`` ``[x, y, w, h]``, ``score``) and ``<image>_boxes.png`` per image
+    ``predict`` writes ``predictions.json`` (a COCO results file: ``image_id`` (the input JSON's id),
+    ``file_name`` (the image file read), ``category_id`` in the data's COCO ids, ``bbox`` ``[x, y, w, h]``,
+    ``score``) and ``<image>_boxes.png`` per image
     to ``output_dir`` (default ``<log dir>/predictions``).
 
     Args:
@@ -225,7 +226,7 @@ class ObjectDetector(ZooModule):
             ):
                 x1, y1, x2, y2 = box
                 self._results.append({
-                    "image_id": image_id, "category_id": int(ids[label - 1]),
+                    "image_id": image_id, "file_name": str(path), "category_id": int(ids[label - 1]),
                     "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
                     "score": round(score, 5),
                 })  # fmt: skip
