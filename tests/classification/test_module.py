@@ -190,16 +190,27 @@ def test_checkpoint_hparams_are_plain_data(trained_checkpoint):
     json.dumps({k: v for k, v in hparams.items() if not k.startswith("_")}, default=str)
 
 
-def test_validate_and_predict_subcommands_run_from_a_checkpoint(trained_checkpoint, data_root):
+def test_validate_and_predict_subcommands_run_from_a_checkpoint(trained_checkpoint, data_root, tmp_path, capsys):
     common = ["--config", MNIST_CONFIG, f"--data.init_args.data_dir={data_root}", f"--ckpt_path={trained_checkpoint}",
               "--trainer.logger=false", "--trainer.limit_val_batches=2", "--trainer.limit_predict_batches=2",
               "--trainer.enable_progress_bar=false"]
     cli = main(["validate", *common])
     assert 0.5 < float(cli.trainer.callback_metrics["val/acc"]) <= 1.0
-    cli = main(["predict", *common])
+    cli = main(["predict", *common, f"--model.init_args.output_dir={tmp_path / 'out'}"])
     outputs = cli.trainer.predict_loop.predictions
     assert len(outputs) == 2 and outputs[0]["prediction"].shape == (1000,)
     torch.testing.assert_close(outputs[0]["probabilities"].sum(1), torch.ones(1000))
+    # predict saves what it predicted, where the user asked, and says so
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "out" / "predictions.csv").open()))
+    written = tmp_path / "out" / "predictions.csv"
+    assert len(rows) == 2000 and f"wrote 2000 predictions to {written}" in capsys.readouterr().out
+    first = outputs[0]
+    assert int(rows[0]["class"]) == int(first["prediction"][0])
+    assert abs(float(rows[0]["confidence"]) - float(first["confidence"][0])) < 1e-5
+    top5 = rows[0]["top5"].split(";")
+    assert top5[0].startswith(rows[0]["class_name"] + ":") and len(top5) == 5
 
 
 def test_googlenet_aux_losses_are_weighted_in_training_only():

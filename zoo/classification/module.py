@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -50,6 +51,9 @@ class ImageClassifier(ZooModule):
             optimizer parameter group; ``None``: they stay frozen.
         unfreeze_lr_factor: learning rate of the unfrozen stages relative to the current one.
         aux_loss_weight: weight of auxiliary classifiers' losses in training (GoogLeNet: 0.3).
+        output_dir: where ``predict`` writes ``predictions.csv`` (one row per image: its position in the
+            predict set, the predicted class, its name and confidence, the top-5 classes with their
+            probabilities); default ``<log dir>/predictions``.
     """
 
     family = "classification"
@@ -71,6 +75,7 @@ class ImageClassifier(ZooModule):
         unfreeze_at_epoch: int | None = None,
         unfreeze_lr_factor: float = 0.1,
         aux_loss_weight: float = 0.3,
+        output_dir: str | None = None,
     ) -> None:
         super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler, lr_scheduler_interval=lr_scheduler_interval)
         if class_names is not None and len(class_names) != num_classes:
@@ -212,8 +217,35 @@ class ImageClassifier(ZooModule):
         self.log("test/ece", self.test_calibration.compute())
         self.test_calibration.reset()
 
+    def on_predict_epoch_start(self) -> None:
+        self._predicted: list[torch.Tensor] = []
+
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
         probs = self(images).softmax(dim=1)
         confidence, prediction = probs.max(dim=1)
+        self._predicted.append(probs.detach().float().cpu())
         return {"prediction": prediction, "confidence": confidence, "probabilities": probs}
+
+    def on_predict_epoch_end(self) -> None:
+        """Write ``predictions.csv`` (see ``output_dir``) and say where; one file per process under DDP."""
+        import csv
+
+        probs = torch.cat(self._predicted) if self._predicted else torch.empty(0, self.num_classes)
+        self._predicted = []
+        log_dir = self.trainer.log_dir if self._trainer else None  # a broadcast under DDP: every rank asks
+        out_dir = Path(self.hparams.get("output_dir") or Path(log_dir or ".") / "predictions")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self._trainer else (1, 0)
+        path = out_dir / ("predictions.csv" if world == 1 else f"predictions_rank{rank}.csv")
+        top = probs.topk(min(5, self.num_classes), dim=1) if len(probs) else None
+        with path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["index", "class", "class_name", "confidence", "top5"])
+            for i in range(len(probs)):
+                values, classes = top.values[i].tolist(), top.indices[i].tolist()
+                writer.writerow([
+                    i, classes[0], self.class_names[classes[0]], f"{values[0]:.6f}",
+                    ";".join(f"{self.class_names[c]}:{v:.4f}" for c, v in zip(classes, values, strict=True)),
+                ])  # fmt: skip
+        print(f"wrote {len(probs)} predictions to {path}", flush=True)
