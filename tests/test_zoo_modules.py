@@ -17,12 +17,12 @@ import pytorch_lightning as pl
 import torch
 
 import zoo
+from tests.old_checkpoints import old_classifier_checkpoint
 from zoo.core.checkpoint import CheckpointError, class_path
 from zoo.core.module import ZooModule
 from zoo.core.registry import list_models
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "tests" / "fixtures" / "checkpoints_59b440c"
 
 # The smallest configuration of each module (defaults where they are small already).
 TINY: dict[str, dict] = {
@@ -135,10 +135,15 @@ def test_a_checkpoint_of_another_class_is_refused_with_both_names(tmp_path):
         SemanticSegmenter.load_from_checkpoint(tmp_path / "old_detector.ckpt")
 
 
-def test_a_classifier_checkpoint_written_before_the_rename_loads():
+@pytest.fixture(scope="module")
+def format_1_classifier(tmp_path_factory) -> Path:
+    return old_classifier_checkpoint(tmp_path_factory.mktemp("format_1") / "classifier.ckpt")
+
+
+def test_a_classifier_checkpoint_written_before_the_rename_loads(format_1_classifier):
     from zoo.classification import ImageClassifier
 
-    path = FIXTURES / "classifier_digits_convnet_cli.ckpt"
+    path = format_1_classifier
     old = torch.load(path, weights_only=False)
     assert "backbone" in old["hyper_parameters"] and "network" not in old["hyper_parameters"]
     model = ImageClassifier.load_from_checkpoint(path, map_location="cpu")
@@ -149,13 +154,13 @@ def test_a_classifier_checkpoint_written_before_the_rename_loads():
         assert model.eval()(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
 
 
-def test_the_cli_evaluates_a_checkpoint_written_before_the_rename(tmp_path, monkeypatch):
+def test_the_cli_evaluates_a_checkpoint_written_before_the_rename(format_1_classifier, tmp_path, monkeypatch):
     from zoo.cli import main
 
     monkeypatch.chdir(tmp_path)
     cli = main(
         ["validate", "--config", str(ROOT / "configs/classification/digits.yaml"),
-         f"--ckpt_path={FIXTURES / 'classifier_digits_convnet_cli.ckpt'}", "--trainer.logger=false",
+         f"--ckpt_path={format_1_classifier}", "--trainer.logger=false",
          "--trainer.limit_val_batches=2", "--trainer.enable_progress_bar=false"],
     )
     assert cli.model.hparams.network == "convnet" and cli.model.hparams.network_kwargs == {"width": 4}

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch.optim.lr_scheduler import OneCycleLR, ReduceLROnPlateau, StepLR
 
 import zoo
+from tests.old_checkpoints import as_format_1, old_vae_checkpoint
 from zoo.core.checkpoint import CheckpointError
 from zoo.core.module import ZooModule
 from zoo.generative import DCGAN, GAN, VAE, AutoEncoder, DenoisingAutoEncoder, GenerativeModule
@@ -23,7 +24,6 @@ from zoo.generative.models import EncoderDecoder, GeneratorDiscriminator
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 ROOT = Path(__file__).resolve().parents[2]
-FIXTURE = ROOT / "tests/fixtures/checkpoints_59b440c/vae_mlp_python.ckpt"
 NETWORK_PARTS = ("encoder.", "decoder.", "generator.", "discriminator.")
 
 
@@ -220,10 +220,15 @@ def test_a_cli_checkpoint_of_a_subclass_loads_in_plain_python(data_root, tmp_pat
 
 
 # -- checkpoints of the code before the registry (commit 59b440c) ---------------------------------------------
-def test_the_vae_checkpoint_of_the_older_code_loads_with_its_weights():
-    old = torch.load(FIXTURE, weights_only=False)
+@pytest.fixture(scope="module")
+def format_1_vae(tmp_path_factory) -> Path:
+    return old_vae_checkpoint(tmp_path_factory.mktemp("format_1") / "vae.ckpt")
+
+
+def test_the_vae_checkpoint_of_the_older_code_loads_with_its_weights(format_1_vae):
+    old = torch.load(format_1_vae, weights_only=False)
     assert old["hyper_parameters"]["arch"] == "mlp" and "encoder.net.1.weight" in old["state_dict"]
-    model = VAE.load_from_checkpoint(FIXTURE).eval()
+    model = VAE.load_from_checkpoint(format_1_vae).eval()
     assert model.hparams["network"] == "vae_mlp" and not {"arch", "num_classes", "class_names"} & set(model.hparams)
     own = model.state_dict()
     for key, value in old["state_dict"].items():
@@ -239,9 +244,9 @@ def test_the_vae_checkpoint_of_the_older_code_loads_with_its_weights():
     torch.testing.assert_close(model.encode(images)[0], mean)
 
 
-def test_the_trainer_path_renames_the_older_state_dict_keys_too():
+def test_the_trainer_path_renames_the_older_state_dict_keys_too(format_1_vae):
     # Trainer(ckpt_path=...) calls on_load_checkpoint, then loads checkpoint["state_dict"] (no hparam migration).
-    old = torch.load(FIXTURE, weights_only=False)
+    old = torch.load(format_1_vae, weights_only=False)
     model = VAE(network="vae_mlp", latent_dim=2, hidden_dims=[8], image_size=8)
     model.on_load_checkpoint(old)
     model.load_state_dict(old["state_dict"])  # strict: every key found
@@ -251,12 +256,12 @@ def test_the_trainer_path_renames_the_older_state_dict_keys_too():
 def old_style_checkpoint(model: GenerativeModule, class_path: str, hparams: dict, path: Path) -> Path:
     """What the older code saved for ``model``'s weights: top-level network parts, ``arch`` and the classifier
     arguments in the hyperparameters, a format-1 "zoo" entry."""
-    state = {key.removeprefix("net."): value.clone() for key, value in model.state_dict().items()}
-    torch.save({
-        "state_dict": state, "hyper_parameters": {**hparams, "num_classes": None, "class_names": None},
-        "zoo": {"class_path": class_path, "format_version": 1}, "pytorch-lightning_version": pl.__version__,
-        "epoch": 0, "global_step": 0,
-    }, path)  # fmt: skip
+    checkpoint = {
+        "state_dict": {key: value.clone() for key, value in model.state_dict().items()},
+        "zoo": {"class_path": class_path}, "pytorch-lightning_version": pl.__version__, "epoch": 0, "global_step": 0,
+    }  # fmt: skip
+    old_hparams = {**hparams, "num_classes": None, "class_names": None}
+    torch.save(as_format_1(checkpoint, old_hparams, network_prefix=True), path)
     return path
 
 
@@ -288,6 +293,6 @@ def test_older_autoencoder_and_gan_checkpoints_load_with_their_weights(name, tmp
         torch.testing.assert_close(loaded.eval()(z), model.eval()(z))
 
 
-def test_an_older_checkpoint_of_another_class_still_names_both():
+def test_an_older_checkpoint_of_another_class_still_names_both(format_1_vae):
     with pytest.raises(CheckpointError, match=r"holds a zoo\.generative\.VAE, but zoo\.generative\.GAN was expected"):
-        GAN.load_from_checkpoint(FIXTURE)
+        GAN.load_from_checkpoint(format_1_vae)
