@@ -33,6 +33,7 @@ from zoo.core.checkpoint import (
     import_class,
     read_checkpoint_info,
 )
+from zoo.core.checks import model_data_mismatch
 from zoo.core.errors import ZooUserError
 from zoo.core.registry import get_model_entry
 from zoo.core.reliability import FailureGuard, ResumeCheckpoint, install_atomic_checkpoint_io, reuse_run_dir_for_last
@@ -182,11 +183,7 @@ class ZooCLI(LightningCLI):
                 continue
             mine, data = _plain(init_args.get(name)), _attribute(name)(self.datamodule)
             if mine is not None and data is not None and mine != data:
-                raise ValueError(
-                    f"model {name}={mine} but the data ({type(self.datamodule).__name__}) has {name}={data}. "
-                    f"Fix: set model {name} to {data}, or leave it out of the config and the command line: "
-                    f"train.py links it from the data."
-                )
+                raise ValueError(model_data_mismatch(name, mine, data, type(self.datamodule).__name__))
 
     def after_instantiate_classes(self) -> None:
         self._check_linked_arguments()

@@ -15,11 +15,15 @@ def check_model_fits_data(module: pl.LightningModule, attrs: tuple[str, ...] = (
     for attr in attrs:
         expected = getattr(datamodule, attr, None)
         if expected is not None and expected != getattr(module, attr):
-            raise ValueError(
-                f"model {attr}={getattr(module, attr)} but the data ({type(datamodule).__name__}) has "
-                f"{attr}={expected}. Fix: set model {attr} to {expected}, or leave it out of the config: "
-                f"train.py links it from the data."
-            )
+            raise ValueError(model_data_mismatch(attr, getattr(module, attr), expected, type(datamodule).__name__))
+
+
+def model_data_mismatch(attr: str, model_value: object, data_value: object, data_name: str) -> str:
+    """The message of a model argument that disagrees with the datamodule's (the API's check and the CLI's)."""
+    return (
+        f"model {attr}={model_value} but the data ({data_name}) has {attr}={data_value}. Fix: set model {attr} "
+        f"to {data_value}, or leave it out of the config and the command line: train.py links it from the data."
+    )
 
 
 def release_inference_metric_states(module: torch.nn.Module) -> None:

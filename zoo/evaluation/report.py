@@ -43,6 +43,7 @@ import torch
 
 from zoo.core.checkpoint import class_path, git_commit, import_class, software_versions
 from zoo.core.errors import ZooUserError
+from zoo.core.module import is_weights_argument
 
 
 class ReportDirError(ZooUserError, OSError):
@@ -298,8 +299,8 @@ class EvaluationReport(pl.Callback):
 def _initial_weights(module: pl.LightningModule) -> str:
     """What the weights of a module evaluated without a checkpoint are."""
     hp = getattr(module, "hparams", {}) or {}
-    files = [f"{k}={v}" for k, v in hp.items() if v and (k == "pretrained" or k == "weights" or k.endswith("_weights"))]
-    files += [f"{k}={v}" for k, v in (hp.get("network_kwargs") or {}).items() if v and k.endswith("weights")]
+    given = {**hp, **(hp.get("network_kwargs") or {})}
+    files = [f"{k}={v}" for k, v in given.items() if v and (k == "pretrained" or is_weights_argument(k))]
     return f"the initial weights ({', '.join(files)})" if files else "random initial weights (untrained)"
 
 
