@@ -70,3 +70,22 @@ def test_a_linked_argument_that_disagrees_with_the_data_is_one_paragraph(tmp_pat
 def test_debug_shows_the_traceback(tmp_path):
     done = train("fit", "--config", MNIST, "--model.init_args.network", "lenet_5", "--debug", cwd=tmp_path)
     assert done.returncode == 1 and "Traceback" in done.stderr and "UnknownModelError" in done.stderr
+
+
+def test_a_key_typo_in_a_config_file_is_one_paragraph_with_the_file_and_the_close_match(tmp_path):
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(Path(DIGITS).read_text().replace("label_smoothing", "label_smothing"))
+    assert "label_smothing" in typo.read_text()
+    done = train("fit", "--config", str(typo), cwd=tmp_path)
+    assert_user_error(done, "model.init_args.label_smothing", f"(in {typo})", "did you mean 'label_smoothing'?")
+    assert "usage:" not in done.stderr
+
+
+def test_a_run_prints_no_library_noise(tmp_path):
+    done = train("fit", "--config", DIGITS, "--trainer.fast_dev_run=true", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    output = done.stdout + done.stderr
+    for noise in ("GPU available: False", "TPU available", "💡 Tip", "LeafSpec", "FLOPs", "v_num"):
+        assert noise not in output, noise
+    assert "Params: " in output  # the summary itself is kept
+    assert list(tmp_path.iterdir()) == []  # and fast_dev_run wrote nothing here

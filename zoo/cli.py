@@ -13,18 +13,26 @@ LightningModule and that its weights fit the configured network.
 
 from __future__ import annotations
 
+import argparse
+import difflib
+import inspect
+import logging
 import os
+import re
 import sys
+import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichModelSummary, RichProgressBar
+from pytorch_lightning.callbacks.progress.progress_bar import ProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 
 import datamodules  # noqa: F401  (registers the datamodules for short class names)
-import zoo  # noqa: F401  (imports every family: their LightningModules resolve by class path)
 from datamodules.errors import DataError
 from zoo.core.checkpoint import (
     check_checkpoint_class,
@@ -48,12 +56,236 @@ DATA_TO_MODEL_LINKS = ("num_classes", "in_channels", "class_names")
 WEIGHT_SHAPE_ARGUMENTS = ("network", "network_kwargs", "num_classes", "in_channels")
 
 
+# Subcommands that only evaluate or predict: no TensorBoard run, no checkpoints, their outputs in one folder.
+EVALUATION_SUBCOMMANDS = ("validate", "test", "predict")
+
+
+class CommandLineError(ZooUserError, argparse.ArgumentError):
+    """A mistyped key, an unknown option or a value of the wrong type, in a config file or on the command line."""
+
+    def __init__(self, message: str) -> None:
+        argparse.ArgumentError.__init__(self, None, message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ZooArgumentParser(LightningArgumentParser):
+    """LightningCLI's parser whose errors are one paragraph (the bad key, where it was given, its close matches)
+    instead of the usage and jsonargparse's Union / Namespace dumps."""
+
+    cli_parser = False  # set on the parsers of the command and its subcommands, not on those jsonargparse nests
+
+    def error(self, message: str, ex: Exception | None = None) -> None:  # type: ignore[override]
+        if not self.cli_parser:  # a nested parser's error may be caught (another Union subtype is tried)
+            super().error(message, ex)
+        if isinstance(ex, CommandLineError):  # already one paragraph (a subcommand's parser raised it)
+            raise ex
+        raise CommandLineError(argument_error_message(self, message)) from ex
+
+
+def argument_error_message(parser: LightningArgumentParser, message: str) -> str:
+    """jsonargparse's error ``message`` as one paragraph: what is wrong with which key, and the fix (the close
+    matches of a mistyped key, the expected type of a value)."""
+    parser = subcommand_parser(parser)
+    command = parser.prog.replace(" [options]", "")
+    help_hint = f"all options: {command} --help"
+    lines = [line.strip() for line in message.splitlines()]
+    unknown = re.search(r"unrecognized arguments: (\S+)", message) or re.search(
+        r"does not accept option '([^']+)'", message)
+    class_path = next((m.group(1) for line in lines if (m := re.search(r"given class_path '([^']+)'", line))), None)
+    not_accepted = next((m.group(1) for line in lines if (m := re.search(r"Option '([^']+)' is not accepted", line))),
+                        None)
+    top_key = next((m.group(1) for line in lines if (m := re.match(r'Parser key "([^"]+)"', line))), None)
+    if not_accepted and class_path:
+        key = f"{top_key}.init_args.{not_accepted}" if top_key else not_accepted
+        names = init_argument_names(class_path)
+        hint = close_matches_hint(not_accepted, names)
+        if hint == "check the spelling":
+            hint += f"; its arguments: {', '.join(names)}"
+        return (f"{key}: {class_path.rsplit('.', 1)[-1]} has no argument {not_accepted!r}{where_given(key)}. "
+                f"Fix: {hint} ({help_hint}).")
+    if unknown:
+        key = unknown.group(1).lstrip("-").split("=", 1)[0]
+        return (f"unknown option {key!r}{where_given(key)}. Fix: {close_matches_hint(key, option_keys(parser))} "
+                f"({help_hint}).")
+    expected = [m.group(1) for line in lines if (m := re.search(r"Expected a <class '([^']+)'>", line))]
+    inner_keys = [m.group(1) for line in lines[1:] for m in re.finditer(r'Parser key "([^"]+)"', line)]
+    values = [m.group(1) for line in lines for m in re.finditer(r"(?:Got value|Given value): (.+?)(?:\. Got value|$)",
+                                                                 line)]
+    got = next((v for v in values if not v.startswith(("Namespace(", "NestedArg(", "{"))), None)
+    if expected and top_key:
+        key = ".".join([top_key, "init_args", *inner_keys] if inner_keys and class_path else [top_key, *inner_keys])
+        if class_path:  # the NoneType there is the alternative to the whole model / data class, not to this value
+            expected = [k for k in expected if k != "NoneType"] or expected
+        kinds = " or ".join(dict.fromkeys(k.replace("NoneType", "null") for k in expected))
+        return f"{key}: expected {kinds}, got {got}{where_given(key)}. Fix: give a value of that type ({help_hint})."
+    # Anything else: jsonargparse's own words, without the dumps of the value it was given.
+    dumps = ("Given value", "Subtypes:", "- Expected a <class 'NoneType'>")
+    kept = [line for line in lines if line and not line.startswith(dumps)]
+    return " ".join(kept) + f" ({help_hint})."
+
+
+def subcommand_parser(parser: LightningArgumentParser) -> LightningArgumentParser:
+    """The parser of the subcommand on the command line (``fit``, ...), where ``parser`` is the command's."""
+    action = getattr(parser, "_subcommands_action", None)
+    choices = getattr(action, "choices", None) or {}
+    word = next((w for w in _command_line if w in choices), None)
+    return choices[word] if word else parser
+
+
+def init_argument_names(class_path: str) -> list[str]:
+    """The constructor arguments of ``class_path`` (and of its bases, for ``**kwargs`` passed on)."""
+    names: list[str] = []
+    try:
+        cls = import_class(class_path)
+    except (ValueError, ImportError):
+        return names
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        names += [p.name for p in params if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return list(dict.fromkeys(names))
+
+
+def option_keys(parser: LightningArgumentParser) -> list[str]:
+    """The dotted keys the parser takes (``trainer.max_epochs``, ``model``, ``ckpt_path``, ...)."""
+    keys = []
+    for action in parser._actions:
+        keys += [o.lstrip("-") for o in action.option_strings if o.startswith("--")]
+    return [k for k in keys if not k.endswith(".help") and k != "help"]
+
+
+def close_matches_hint(key: str, candidates: list[str]) -> str:
+    matches = difflib.get_close_matches(key, candidates, n=3, cutoff=0.6)
+    if not matches and "." in key:  # a typo in one part of a dotted key: match that part
+        head, _, tail = key.rpartition(".")
+        matches = [f"{head}.{m}" for m in difflib.get_close_matches(tail, [c.rpartition(".")[2] for c in candidates
+                                                                              if c.startswith(head)], n=3)]
+        matches += [m for m in difflib.get_close_matches(key.split(".")[0], [c.split(".")[0] for c in candidates], n=1)
+                    if m != key.split(".")[0]]
+        if matches and "." not in matches[-1]:
+            matches[-1] = key.replace(key.split(".")[0], matches[-1], 1)
+    if matches:
+        return "did you mean " + " or ".join(repr(m) for m in dict.fromkeys(matches)) + "?"
+    return "check the spelling"
+
+
+# The words of the command being parsed (ZooCLI sets them: in-process callers pass them as ``args``).
+_command_line: list[str] = []
+
+
+def where_given(key: str) -> str:
+    """`` (on the command line)`` or `` (in <config file>)``: where the command being parsed sets ``key``."""
+    words = _command_line
+    short = key.replace(".init_args.", ".")
+    if any(w.startswith("--") and w[2:].split("=", 1)[0].replace(".init_args.", ".").startswith(short) for w in words):
+        return " (on the command line)"
+    for path in config_paths(words):
+        try:
+            import yaml
+
+            node: Any = yaml.safe_load(Path(path).read_text())
+        except (OSError, ValueError):
+            continue
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None or _yaml_has_key(path, key):
+            return f" (in {path})"
+    return " (on the command line)" if any(key.split(".")[-1] in w for w in words if w.startswith("--")) else ""
+
+
+def _yaml_has_key(path: str, key: str) -> bool:
+    import yaml
+
+    node: Any = yaml.safe_load(Path(path).read_text())
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def config_paths(words: list[str]) -> list[str]:
+    """The ``--config`` / ``-c`` files named in ``words``."""
+    paths = []
+    for i, word in enumerate(words):
+        if word.startswith("--config="):
+            paths.append(word.split("=", 1)[1])
+        elif word in ("--config", "-c") and i + 1 < len(words):
+            paths.append(words[i + 1])
+    return [p for p in paths if Path(p).is_file()]
+
+
+class ZooModelSummary(RichModelSummary):
+    """Lightning's summary table, less its FLOPs column and total when they would read 0 (the zoo's modules set no
+    ``example_input_array``, so Lightning counts nothing): ``python -m zoo.card`` gives the MACs at the configured
+    input size instead."""
+
+    @staticmethod
+    def summarize(
+        summary_data: list[tuple[str, list[str]]],
+        total_parameters: int,
+        trainable_parameters: int,
+        model_size: float,
+        total_training_modes: dict[str, int],
+        total_flops: int,
+        **summarize_kwargs: Any,
+    ) -> None:
+        if total_flops:
+            RichModelSummary.summarize(summary_data, total_parameters, trainable_parameters, model_size,
+                                       total_training_modes, total_flops, **summarize_kwargs)  # fmt: skip
+            return
+        from pytorch_lightning.utilities.model_summary.model_summary import (
+            get_formatted_model_size,
+            get_human_readable_count,
+        )
+        from rich import get_console
+        from rich.table import Table
+
+        columns = [(name, values) for name, values in summary_data if name != "FLOPs"]
+        table = Table(header_style=summarize_kwargs.get("header_style", "bold magenta"))
+        table.add_column(" ", style="dim")
+        for name, _ in columns[1:]:
+            table.add_column(name, justify="right" if name in ("Params", "In sizes", "Out sizes") else "left")
+        for row in zip(*(values for _, values in columns), strict=True):
+            table.add_row(*row)
+        console = get_console()
+        console.print(table)
+        console.print(
+            f"Params: {get_human_readable_count(int(trainable_parameters)).strip()} trainable, "
+            f"{get_human_readable_count(int(total_parameters - trainable_parameters)).strip()} frozen, "
+            f"{get_formatted_model_size(model_size)} MB. Modules in train mode: {total_training_modes['train']}, "
+            f"in eval mode: {total_training_modes['eval']}. MACs: python -m zoo.card --ckpt <checkpoint>"
+        )
+
+
+class ZooProgressBar(RichProgressBar):
+    """Lightning's rich progress bar without ``v_num`` (the logger's version, shown as ``0.000``): the run folder is
+    printed once at the start instead."""
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics
+
+
 class ZooCLI(LightningCLI):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # The words the user typed: what was given explicitly (and so must take effect) is read from them.
         raw = kwargs.get("args")
         self.command_line: list[str] = [str(a) for a in (sys.argv[1:] if raw is None else raw)]
+        _command_line[:] = self.command_line
         super().__init__(*args, **kwargs)
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        parser = super().init_parser(**kwargs)
+        parser.cli_parser = True
+        return parser
 
     def given_model_arguments(self) -> set[str]:
         """The model init arguments given on the command line (``--model.init_args.X`` or ``--model.X``)."""
@@ -73,6 +305,10 @@ class ZooCLI(LightningCLI):
         config = self.config.get(self.subcommand) if self.subcommand else self.config
         if self.subcommand == "fit":
             reuse_run_dir_for_last(config)  # the killed command + --ckpt_path last resumes in the killed run's folder
+        if config is not None and (config.get("trainer") or {}).get("fast_dev_run"):
+            self._fast_dev_run_in_a_temporary_folder(config)
+        elif config is not None and self.subcommand in EVALUATION_SUBCOMMANDS:
+            self._outputs_in_one_folder(config)
         model = config.get("model") if config is not None else None
         if model is None or not model.get("class_path"):
             return
@@ -85,6 +321,59 @@ class ZooCLI(LightningCLI):
             self._fit_network_kwargs(init_args, entry)
         if init_args.get("fid_classifier") == "auto" and self.subcommand in ("fit", "validate", "test"):
             self._prepare_default_fid_features(config)
+
+    def given_trainer_arguments(self) -> set[str]:
+        """The trainer arguments given on the command line (``--trainer.X``)."""
+        return {w.removeprefix("--trainer.").split("=", 1)[0].split(".", 1)[0]
+                for w in self.command_line if w.startswith("--trainer.")}
+
+    def _fast_dev_run_in_a_temporary_folder(self, config: Any) -> None:
+        """``fast_dev_run`` checks that the code runs; it writes nothing where the user works: no checkpoints (which
+        Lightning's ``save_last`` writes at the end even then), no ``config.yaml``, logs in a temporary folder,
+        removed at exit."""
+        import atexit
+        import shutil
+
+        trainer = config["trainer"]
+        if "default_root_dir" not in self.given_trainer_arguments():
+            folder = tempfile.mkdtemp(prefix="zoo-fast-dev-run-")
+            atexit.register(shutil.rmtree, folder, ignore_errors=True)
+            trainer["default_root_dir"] = folder
+        self.output_dir = None
+
+    def _outputs_in_one_folder(self, config: Any) -> None:
+        """``validate`` / ``test`` / ``predict`` write only their outputs, into one folder that is printed: no
+        TensorBoard run (the config's logger is fit's; give ``--trainer.logger`` on the command line to log
+        anyway) and no checkpoint callbacks. The folder: ``--report_dir`` (test), the model's ``output_dir`` when
+        given (predict), else beside the checkpoint, ``<checkpoint folder>/<report|validate|predict>_<checkpoint>_
+        <DataModule>/``; without a checkpoint file, ``runs/<subcommand>_untrained_<DataModule>/``."""
+        trainer = config["trainer"]
+        given = self.given_trainer_arguments()
+        if "logger" not in given:
+            trainer["logger"] = False
+        model_args = (config.get("model") or {}).get("init_args") or {}
+        data_name = str((config.get("data") or {}).get("class_path") or "data").rsplit(".", 1)[-1]
+        kind = {"test": "report", "validate": "validate", "predict": "predict"}[self.subcommand]
+        ckpt_path = config.get("ckpt_path")
+        if self.subcommand == "test" and config.get("report_dir"):
+            folder = Path(config["report_dir"])
+        elif self.subcommand == "predict" and model_args.get("output_dir"):
+            folder = Path(model_args["output_dir"])
+        elif ckpt_path and Path(ckpt_path).is_file():
+            folder = Path(ckpt_path).parent / f"{kind}_{Path(ckpt_path).stem}_{data_name}"
+        else:
+            folder = Path("runs") / f"{self.subcommand}_untrained_{data_name}"
+        if "default_root_dir" not in given:
+            trainer["default_root_dir"] = str(folder)
+        # The checkpoint callbacks are left out on purpose (they act only in fit): Lightning's advice to add them back
+        # asks nothing of the user here.
+        warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create")
+        if self.subcommand == "test":
+            config["report_dir"] = str(folder)
+        if self.subcommand == "predict" and "output_dir" in init_argument_names(
+                str((config.get("model") or {}).get("class_path") or "")):
+            model_args["output_dir"] = str(folder)
+        self.output_dir = folder
 
     def _prepare_default_fid_features(self, config: Any) -> None:
         """``fid_classifier: auto``: the default LeNet-5 FID features from the cache, trained there on first use
@@ -156,20 +445,33 @@ class ZooCLI(LightningCLI):
         # --trainer.enable_checkpointing false forbids any checkpoint callback: leave the resume point out then.
         if config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ResumeCheckpoint)]
-        return super()._instantiate_trainer(config, callbacks)
+        configured = list(config.get("callbacks") or [])
+        if self.subcommand in EVALUATION_SUBCOMMANDS or config.get("fast_dev_run"):
+            # Checkpoints and learning rates exist only in fit; in test they would only warn ("dirpath has changed").
+            def fit_only(c: Any) -> bool:
+                return isinstance(c, (ModelCheckpoint, LearningRateMonitor))
+
+            callbacks = [c for c in callbacks if not fit_only(c)]
+            configured = [c for c in configured if not fit_only(c)]
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured):
+            configured.append(ZooProgressBar())
+        if config.get("enable_model_summary") is not False and not any(
+                isinstance(c, pl.callbacks.ModelSummary) for c in configured):
+            configured.append(ZooModelSummary())
+        config["callbacks"] = configured
+        trainer = super()._instantiate_trainer(config, callbacks)
+        if self.subcommand in EVALUATION_SUBCOMMANDS and getattr(self, "output_dir", None) is not None:
+            print(f"{self.subcommand}: outputs in {self.output_dir}", flush=True)
+        return trainer
 
     def config_file_model_arguments(self) -> set[str]:
         """The model init arguments that the ``--config`` files set."""
         import yaml
 
         given: set[str] = set()
-        words = self.command_line
-        for i, word in enumerate(words):
-            path = word.split("=", 1)[1] if word.startswith("--config=") else (
-                words[i + 1] if word == "--config" and i + 1 < len(words) else None)
-            if path and Path(path).is_file():
-                model = (yaml.safe_load(Path(path).read_text()) or {}).get("model") or {}
-                given |= set(model.get("init_args") or {}) if isinstance(model, dict) else set()
+        for path in config_paths(self.command_line):
+            model = (yaml.safe_load(Path(path).read_text()) or {}).get("model") or {}
+            given |= set(model.get("init_args") or {}) if isinstance(model, dict) else set()
         return given
 
     def _check_linked_arguments(self) -> None:
@@ -233,20 +535,43 @@ class ZooCLI(LightningCLI):
     def _without_given_arguments(self, hparams: dict[str, Any], ckpt_path: str) -> dict[str, Any]:
         """The checkpoint's hyperparameters less those the user gave on the command line, which win (an
         ``output_dir``, a ``tile_size``); one that fixes the weights' shapes must agree with the checkpoint."""
-        given = self.given_model_arguments() & set(hparams)
+        on_command_line = self.given_model_arguments()
+        in_config_files = self.config_file_model_arguments()
+        given = (on_command_line | in_config_files) & set(hparams)
         if not given:
             return hparams
         subcommand = self.config.get("subcommand")
         init_args = self.config[subcommand]["model"].get("init_args") or {}
         for name in sorted(given & set(WEIGHT_SHAPE_ARGUMENTS)):
             mine, theirs = init_args.get(name), hparams[name]
-            if _plain(mine) != _plain(theirs):
-                raise ValueError(
-                    f"--model.init_args.{name} {mine!r} differs from the checkpoint's {name}={theirs!r} "
-                    f"({ckpt_path}): the checkpoint's weights have the shapes of its own. Fix: leave {name} out "
-                    f"(the checkpoint's is used), or give a checkpoint trained with {name}={mine!r}."
-                )
+            if _same_value(mine, theirs):
+                continue
+            where = f"--model.init_args.{name}" if name in on_command_line else (
+                f"model.init_args.{name} of {', '.join(config_paths(self.command_line))}")
+            raise ValueError(
+                f"{where} {_plain(mine)!r} differs from the checkpoint's {name}={_plain(theirs)!r} "
+                f"({ckpt_path}): the checkpoint's weights have the shapes of its own. Fix: leave {name} out "
+                f"(the checkpoint's is used; for a config file, use the run's own config.yaml), or give a "
+                f"checkpoint trained with {name}={_plain(mine)!r}."
+            )
         return {k: v for k, v in hparams.items() if k not in given}
+
+    def before_fit(self) -> None:
+        log_dir = self.trainer.log_dir  # a broadcast under DDP: every rank asks
+        if self.trainer.is_global_zero and self.trainer.logger is not None and not self.trainer.fast_dev_run:
+            print(f"fit: run folder {log_dir} (config.yaml, logs, checkpoints/)", flush=True)
+
+    def after_test(self) -> None:
+        report = next((c for c in self.trainer.callbacks if type(c).__name__ == "EvaluationReport"), None)
+        folder = getattr(report, "resolved_dir", None) or getattr(self, "output_dir", None)
+        if folder is not None and self.trainer.is_global_zero:
+            print(f"test: report in {folder}/report.html (report.md, metrics.json, figures)", flush=True)
+
+    def after_predict(self) -> None:
+        if getattr(self, "output_dir", None) is not None and self.trainer.is_global_zero:
+            written = sorted(p.name for p in Path(self.output_dir).glob("*") if p.name != "config.yaml")
+            shown = ", ".join(written[:5]) + (f", ... ({len(written)} files)" if len(written) > 5 else "")
+            print(f"predict: outputs in {self.output_dir}: {shown or 'nothing written'}", flush=True)
 
     def before_test(self) -> None:
         # Weights that do not fit the built network (an older, incompatible checkpoint): name the keys and the
@@ -260,6 +585,12 @@ class ZooCLI(LightningCLI):
             )
         if ckpt_path and Path(ckpt_path).is_file():
             check_state_dict_compatible(read_checkpoint_info(ckpt_path), self.model)
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Config values equal as plain data; an empty ``network_kwargs`` is the same as none."""
+    a, b = _plain(a), _plain(b)
+    return a == b or (a in (None, {}) and b in (None, {}))
 
 
 def _plain(value: Any) -> Any:
@@ -289,6 +620,7 @@ def main(args: list[str] | None = None, run: bool = True) -> ZooCLI:
         subclass_mode_data=True,
         seed_everything_default=42,
         save_config_kwargs={"overwrite": True},
+        parser_class=ZooArgumentParser,
         args=args,
         run=run,
     )
@@ -306,10 +638,58 @@ def is_user_error(error: BaseException) -> bool:
     return isinstance(error, PLAIN_USER_ERROR_TYPES) and "Fix:" in str(error)
 
 
+def innermost_user_error(error: BaseException) -> BaseException:
+    """The user error that ``error`` wraps, if any: jsonargparse wraps an error raised in a link's compute function
+    (a datamodule attribute that reads the data) in one that prints the link and the datamodule's repr."""
+    cause = error.__cause__
+    while cause is not None:
+        if is_user_error(cause):
+            error = cause
+        cause = cause.__cause__
+    return error
+
+
 def user_error_paragraph(error: BaseException) -> str:
     """What ``train.py`` prints for a user error: the message (what, where, the fix) and how to see more."""
+    error = innermost_user_error(error)
     message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
     return f"error: {message}\n(the traceback: add --debug or set ZOO_DEBUG=1)"
+
+
+# Lines Lightning prints on every command that ask nothing of the user: hardware that is absent, an advertisement,
+# a note on how the schedule's length is found. (Hardware that is present but unused still prints: that one is
+# actionable.)
+QUIET_MESSAGES = (
+    r"GPU available: False, used: False",
+    r"TPU available: False, using: 0 TPU cores",
+    r"HPU available: False, using: 0 HPUs",
+    r"💡 Tip: ",  # advertisements of Lightning's cloud products (litlogger, litmodels)
+    r"Loading `train_dataloader` to estimate number of stepping batches",
+    r"Trainer already configured with model summary callbacks: \[<class 'zoo\.cli\.ZooModelSummary'>\]",
+)
+# Warnings raised inside the libraries about their own internals, which no setting of the user's can change.
+QUIET_WARNINGS = (
+    r".*isinstance\(treespec, LeafSpec\).*",  # pytorch_lightning.utilities._pytree on torch >= 2.9
+)
+
+
+class _QuietFilter(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pattern = re.compile("|".join(f"(?:{m})" for m in QUIET_MESSAGES))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.pattern.match(str(record.getMessage()))
+
+
+def quiet_library_noise() -> None:
+    """Silence the lines of :data:`QUIET_MESSAGES` and :data:`QUIET_WARNINGS` (the CLI only: importing the zoo
+    changes no logging)."""
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero",
+                 "lightning_fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_QuietFilter())
+    for pattern in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -320,6 +700,7 @@ def run(argv: list[str] | None = None) -> int:
     words = [a for a in words if a != "--debug"]
     if argv is None:  # LightningCLI reads sys.argv itself (and warns when given the same words twice)
         sys.argv[1:] = words
+    quiet_library_noise()
     try:
         main(None if argv is None else words)
     except Exception as error:  # noqa: BLE001  (sorted into user errors and bugs right here)
