@@ -4,7 +4,8 @@ Files are looked up, in order, in ``<data_dir>/<folder>/raw`` (torchvision's lay
 also where a download goes), ``<data_dir>/<alias>/<folder>/raw`` (so that ``data_dir`` may be a
 shared root holding ``mnist/`` and ``fashion_mnist/``) and ``<data_dir>`` itself; each file may be
 gzipped or not. When they are missing and ``download`` is true, torchvision downloads them into
-``<data_dir>/<folder>/raw``; when that fails too, one error says which files to put where.
+``<data_dir>/<folder>/raw``; when that fails too, one error says which files to put where and why each
+mirror failed (the exception's type and message), and the folders the attempt created are removed again.
 """
 
 from __future__ import annotations
@@ -64,6 +65,38 @@ def read_idx(path: str | os.PathLike) -> torch.Tensor:
     return torch.from_numpy(np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy())
 
 
+class DownloadFailedError(DataError, OSError):
+    """A file could not be downloaded from any mirror; the message holds each mirror's reason."""
+
+
+def describe_error(err: BaseException) -> str:
+    """``Type: message`` of an exception, never blank: an HTTP error's status, a ``URLError``'s reason (the socket
+    error inside it, with its type), else the message, else the cause's description, else ``(no message)``."""
+    from urllib.error import HTTPError, URLError
+
+    if isinstance(err, HTTPError):
+        return f"HTTPError: {err.code} {err.reason}".rstrip()
+    if isinstance(err, URLError):
+        reason = err.reason
+        inner = describe_error(reason) if isinstance(reason, BaseException) else " ".join(str(reason).split())
+        return f"URLError: {inner or '(no reason given)'}"
+    message = " ".join(str(err).split())
+    cause = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
+    if message:
+        return f"{type(err).__name__}: {message}"
+    if cause is not None:
+        return f"{type(err).__name__} (no message), caused by {describe_error(cause)}"
+    return f"{type(err).__name__} (no message)"
+
+
+def _remove_new_files(folder: Path, before: set[str], names: tuple[str, ...]) -> None:
+    """Remove the files ``names`` from ``folder`` unless they were there ``before``: what a failed download of
+    one file began writing (the archive and what it unpacked to), never a file that someone put there."""
+    for name in names:
+        if name not in before and (folder / name).is_file():
+            (folder / name).unlink(missing_ok=True)
+
+
 class MNISTDataModule(InMemoryClassificationDataModule):
     """MNIST (LeCun et al. 1998): 60,000 training and 10,000 test digits, 28x28 grayscale.
 
@@ -117,22 +150,58 @@ class MNISTDataModule(InMemoryClassificationDataModule):
         missing = self.missing_files()
         if not missing:
             return
-        reason = "download=False"
+        reason, cause = "download=False", None
         if self.download:
-            import torchvision.datasets
-
             try:
-                getattr(torchvision.datasets, self.torchvision_class)(root=str(self.data_dir), download=True)
+                self.download_files()
                 return
-            except Exception as err:  # network, permissions, checksum: all end in the same advice
-                reason = f"the download failed ({type(err).__name__}: {str(err).splitlines()[0]})"
+            except DownloadFailedError as err:  # network, permissions, checksum: all end in the same advice
+                reason, cause = f"the download failed ({err})", err
         where = "\n  ".join(str(d) for d in self.candidate_dirs())
         raise DataNotFoundError(
             f"{self.folder} files not found: {', '.join(missing)} (each may end in .gz), and {reason}.\n"
             f"Looked in:\n  {where}\n"
             f"Fix: put the four IDX files from {self.urls_hint} in {self.data_dir / self.folder / 'raw'}, "
             f"or point at a folder that has them with ZOO_DATA_DIR=... or --data.init_args.data_dir ..."
-        )
+        ) from cause
+
+    def download_files(self) -> None:
+        """Download the files of torchvision's dataset class (its ``resources``, trying each of its ``mirrors``)
+        into ``<data_dir>/<folder>/raw``, checked against their MD5 and unpacked, as torchvision does.
+
+        When a file cannot be had from any mirror, raises :class:`DownloadFailedError` with every mirror's
+        reason (the exception type and message; the socket error inside a ``URLError``), after removing what
+        this attempt created: the files it began writing and the folders it made (``raw``, ``<folder>``,
+        ``data_dir``) once they are empty. Files that were there before are never touched.
+        """
+        import torchvision.datasets
+        from torchvision.datasets.utils import download_and_extract_archive
+
+        dataset = getattr(torchvision.datasets, self.torchvision_class)
+        raw = self.data_dir / self.folder / "raw"
+        made = [d for d in (raw, raw.parent, self.data_dir) if not d.exists()]  # deepest first
+        before = {p.name for p in raw.iterdir()} if raw.is_dir() else set()
+        try:
+            for filename, md5 in dataset.resources:
+                failures = []
+                for mirror in dataset.mirrors:
+                    url = f"{mirror}{filename}"
+                    try:
+                        download_and_extract_archive(url, download_root=str(raw), filename=filename, md5=md5)
+                        break
+                    except Exception as err:  # noqa: BLE001  (every reason is reported, then the next mirror)
+                        failures.append(f"{url}: {describe_error(err)}")
+                        _remove_new_files(raw, before, (filename, Path(filename).stem))
+                else:
+                    tried = "; ".join(failures) or f"torchvision.datasets.{self.torchvision_class} lists no mirrors"
+                    raise DownloadFailedError(f"{filename}: {tried}")
+        except BaseException:
+            for folder in made:
+                try:
+                    folder.rmdir()  # only when empty: files already downloaded (or put there by others) stay
+                except OSError:
+                    break
+            raise
 
     def load_split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         self.prepare_data()  # cheap when the files exist; gives the clear error when they do not

@@ -33,19 +33,101 @@ from zoo.core.checkpoint import (
 _SPLIT_ARGS = ("val_size", "test_size", "split_seed", "train_subset", "anomaly_class")
 
 
-def input_size_for(module: Any, config: dict[str, Any]) -> tuple[int, ...]:
-    """One input for counting multiply-adds: the segmenter's tile, else the data set's image size when the datamodule
-    says (MNIST-like in-memory sets: 28x28; digits: 8x8), else 224x224."""
-    c = int(getattr(module, "in_channels", 3))
-    tile = (getattr(module, "hparams", {}) or {}).get("tile_size")
-    if tile:
-        return (1, c, tile, tile)
-    data_class = str((config.get("data") or {}).get("class_path", ""))
-    sizes = {"MNISTDataModule": 28, "FashionMNISTDataModule": 28, "DigitsDataModule": 8}
-    side = next((s for name, s in sizes.items() if data_class.endswith("." + name) or data_class == name), 224)
-    if getattr(module, "family", "") == "segmentation" and side == 224:
-        side = 256
-    return (1, c, side, side)
+# Image side of the in-memory data sets whose datamodule neither takes nor states an image size.
+_DATA_SIDES = {"MNISTDataModule": 28, "FashionMNISTDataModule": 28, "DigitsDataModule": 8}
+_SIZE_ARGS = ("image_size", "crop_size")  # datamodule arguments that fix the size of the images a model sees
+
+
+def _hparams(module: Any) -> dict[str, Any]:
+    return dict(getattr(module, "hparams", {}) or {})
+
+
+def _data_class(config: dict[str, Any]) -> tuple[str, type | None]:
+    """``(class name, class or None)`` of the run config's datamodule (``("", None)`` without one)."""
+    from zoo.core.checkpoint import import_class
+
+    path = str((config.get("data") or {}).get("class_path") or "")
+    if not path:
+        return "", None
+    try:
+        return path.rpartition(".")[2], import_class(path)
+    except ValueError:
+        return path.rpartition(".")[2], None
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def input_channels_for(module: Any, config: dict[str, Any]) -> tuple[int | None, str]:
+    """``(channels, where they come from)`` of the images the model takes: the module's ``in_channels``, else its
+    hyperparameter, else the datamodule's (its config or its class), else the network's first convolution;
+    ``(None, why)`` when none of them says."""
+    if (value := _int(getattr(module, "in_channels", None))) is not None:
+        return value, f"{type(module).__name__}.in_channels"
+    if (value := _int(_hparams(module).get("in_channels"))) is not None:
+        return value, "the hyperparameter in_channels"
+    args = (config.get("data") or {}).get("init_args") or {}
+    if (value := _int(args.get("in_channels"))) is not None:
+        return value, "the datamodule's in_channels (run config)"
+    name, data_class = _data_class(config)
+    if (value := _int(getattr(data_class, "in_channels", None))) is not None:
+        return value, f"{name}.in_channels"
+    net = getattr(module, "net", module)
+    for layer_name, layer in net.named_modules():
+        if isinstance(layer, torch.nn.modules.conv._ConvNd):
+            return int(layer.in_channels), f"the network's first convolution ({layer_name})"
+    return None, (
+        "unknown: neither the module nor its hyperparameters set in_channels, "
+        + ("the datamodule does not say, " if config.get("data") else "there is no run config naming the data, ")
+        + "and the network has no convolution"
+    )
+
+
+def input_size_for(module: Any, config: dict[str, Any]) -> tuple[tuple[int, ...], str]:
+    """One input for counting multiply-adds, ``(1, C, H, W)``, at the size the model was configured or trained with,
+    and where that size comes from: the segmenter's ``tile_size``, else a model's ``image_size`` (the detector's
+    resize, a generative model's images), else a detector's own resize (``fixed_size``, or ``min_size`` square),
+    else the datamodule's ``image_size`` / ``crop_size`` (training crops), else the data set's image size (MNIST-like
+    in-memory sets: 28x28; digits: 8x8), else 224x224 (256 for a segmenter), said to be assumed. A GAN takes noise:
+    ``(1, latent_dim)``."""
+    known = input_channels_for(module, config)[0]
+    channels = known or 3
+    hp = _hparams(module)
+    family = getattr(module, "family", "")
+    if family == "generative" and not hasattr(getattr(module, "net", None), "encoder"):
+        latent = _int(hp.get("latent_dim")) or _int(getattr(module, "latent_dim", None))
+        if latent is not None:
+            return (1, latent), "the generator's noise (latent_dim)"
+
+    def square(width: int, source: str, height: int | None = None) -> tuple[tuple[int, ...], str]:
+        note = "" if known else "; 3 channels assumed (in_channels unknown)"
+        return (1, channels, height or width, width), source + note
+
+    if (side := _int(hp.get("tile_size"))) is not None:
+        return square(side, "the hyperparameter tile_size")
+    if (side := _int(hp.get("image_size"))) is not None:
+        return square(side, "the hyperparameter image_size")
+    transform = getattr(getattr(module, "net", None), "transform", None)  # torchvision detectors resize inside
+    fixed = getattr(transform, "fixed_size", None)
+    if fixed:
+        return square(int(fixed[0]), "the detector's fixed input size (transform.fixed_size)", int(fixed[1]))
+    min_size = getattr(transform, "min_size", None)
+    if min_size:
+        side = int(min_size[-1] if isinstance(min_size, (tuple, list)) else min_size)
+        return square(side, "the detector's resize (transform.min_size, a square image)")
+    args = (config.get("data") or {}).get("init_args") or {}
+    for key in _SIZE_ARGS:
+        if (side := _int(args.get(key))) is not None:
+            return square(side, f"the datamodule's {key} (run config)")
+    name, data_class = _data_class(config)
+    if (side := _int(getattr(data_class, "image_size", None))) is not None:
+        return square(side, f"{name}.image_size")
+    if name in _DATA_SIDES:
+        return square(_DATA_SIDES[name], f"the {name} images")
+    side = 256 if family == "segmentation" else 224
+    where = "the data" if name else "a run config"
+    return square(side, f"assumed: neither the hyperparameters nor {where} give a size")
 
 
 def build_card(ckpt: str | Path, config: str | Path | None = None, macs: bool = True) -> dict[str, Any]:
@@ -61,6 +143,7 @@ def build_card(ckpt: str | Path, config: str | Path | None = None, macs: bool = 
     run_config = yaml.safe_load(config_path.read_text()) if config_path else {}
     # the module's hyperparameters: those of an older checkpoint are read under their current names
     hp = {k: v for k, v in dict(module.hparams).items() if not k.startswith("_")}
+    channels, channels_from = input_channels_for(module, run_config or {})
     total = sum(p.numel() for p in module.parameters())
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     card: dict[str, Any] = {
@@ -72,7 +155,8 @@ def build_card(ckpt: str | Path, config: str | Path | None = None, macs: bool = 
             "network_class": type(getattr(module, "net", module)).__name__,
             "network_kwargs": hp.get("network_kwargs"),
             "num_classes": getattr(module, "num_classes", None),
-            "in_channels": getattr(module, "in_channels", None),
+            "in_channels": channels if channels is not None else "unknown",
+            "in_channels_from": channels_from,
             "class_names": list(getattr(module, "class_names", []) or []),
             "parameters": total,
             "trainable_parameters": trainable,
@@ -84,7 +168,7 @@ def build_card(ckpt: str | Path, config: str | Path | None = None, macs: bool = 
             "config": run_config or None,
             "hyper_parameters": hp,
         },
-        "data": _data_section(run_config),
+        "data": _data_section(run_config, ckpt),
         "metrics": {"monitored": info.monitored_scores, "reports": _reports(ckpt)},
         "software": {
             "at_training": info.versions or {"pytorch_lightning": info.lightning_version},
@@ -93,22 +177,37 @@ def build_card(ckpt: str | Path, config: str | Path | None = None, macs: bool = 
         "git_commit": info.git_commit,
     }
     if macs:
-        size = input_size_for(module, run_config or {})
-        card["model"]["macs"] = {"input_size": list(size), "mult_adds": _mult_adds(module, size)}
+        size, size_from = input_size_for(module, run_config or {})
+        counted, mult_adds, reason = _mult_adds(module, size)
+        card["model"]["macs"] = {
+            "input_size": list(size),
+            "input_size_from": size_from,
+            "counted": counted,
+            "mult_adds": mult_adds,
+            **({"unknown_because": reason} if reason else {}),
+        }
     return card
 
 
-def _mult_adds(module: Any, size: tuple[int, ...]) -> int | None:
+def _mult_adds(module: Any, size: tuple[int, ...]) -> tuple[str, int | None, str | None]:
+    """``(what was counted, multiply-adds, why unknown)`` of one forward pass of an input of ``size``: the network
+    (``module.net``), or the module's own ``forward`` for generative models (reconstruction; a GAN's generator)."""
     import torchinfo
 
+    generative = getattr(module, "family", "") == "generative"
+    target = module if generative or not hasattr(module, "net") else module.net
+    counted = f"{type(module).__name__}.forward" if target is module else f"{type(module.net).__name__} (module.net)"
+    was_training = module.training
     try:
-        stats = torchinfo.summary(module.net, input_size=size, verbose=0, mode="eval", device="cpu")
-    except Exception:  # noqa: BLE001  (an input the network cannot take: the card says unknown rather than failing)
-        return None
-    return int(stats.total_mult_adds)
+        stats = torchinfo.summary(target, input_size=size, verbose=0, mode="eval", device="cpu")
+    except Exception as error:  # noqa: BLE001  (an input the network cannot take: the card says why, not failing)
+        return counted, None, f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+    finally:
+        module.train(was_training)
+    return counted, int(stats.total_mult_adds), None
 
 
-def _data_section(config: dict[str, Any]) -> dict[str, Any] | None:
+def _data_section(config: dict[str, Any], ckpt: Path) -> dict[str, Any] | None:
     data = config.get("data") if config else None
     if not data:
         return None
@@ -117,21 +216,51 @@ def _data_section(config: dict[str, Any]) -> dict[str, Any] | None:
         "class_path": data.get("class_path"),
         "data_dir": args.get("data_dir"),
         "split": {k: args[k] for k in _SPLIT_ARGS if k in args},
-        "evaluated_on": "the datamodule's test split (test_dataloader)",
+        "evaluated_on": _evaluated_on(config, ckpt),
     }
 
 
-def _reports(ckpt: Path) -> dict[str, Any]:
-    """``metrics.json`` of the reports written beside this checkpoint (``report_<stem>_<DataModule>/``)."""
-    found = {}
+def _evaluated_on(config: dict[str, Any], ckpt: Path) -> str:
+    """What the test metrics were computed on: as the report of this data set said (``metrics.json``'s
+    ``data.evaluated_on``), else as the datamodule class states it (``test_split_description``), else, for the
+    segmentation folder datamodules (whose ``test_dataloader`` serves the validation images), that; else the test
+    split."""
+    path = str((config.get("data") or {}).get("class_path") or "")
+    for summary in _report_summaries(ckpt):
+        data = summary.get("data") or {}
+        if data.get("class_path") == path and isinstance(data.get("evaluated_on"), str):
+            return data["evaluated_on"]
+    name, data_class = _data_class(config)
+    stated = getattr(data_class, "test_split_description", None)
+    if isinstance(stated, str) and stated:
+        return stated
+    folder_data = isinstance(data_class, type) and any(
+        cls.__name__ == "SegmentationFolderDataModule" for cls in data_class.__mro__
+    )  # by name: the library imports no datamodule
+    if folder_data:
+        return f"the validation images: {name} has no labelled test split, its test_dataloader serves them"
+    return "the datamodule's test split (test_dataloader)"
+
+
+def _report_summaries(ckpt: Path) -> list[dict[str, Any]]:
+    """The ``metrics.json`` of every report written beside this checkpoint (``report_<stem>_<DataModule>/``)."""
+    found = []
     for path in sorted(ckpt.parent.glob(f"report_{ckpt.stem}_*/metrics.json")):
         try:
             summary = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        data = (summary.get("data") or {}).get("class_path") or path.parent.name
-        found[data] = summary.get("metrics", {})
+        if isinstance(summary, dict):
+            found.append({**summary, "_folder": path.parent.name})
     return found
+
+
+def _reports(ckpt: Path) -> dict[str, Any]:
+    """The metrics of the reports written beside this checkpoint, by data set."""
+    return {
+        (summary.get("data") or {}).get("class_path") or summary["_folder"]: summary.get("metrics", {})
+        for summary in _report_summaries(ckpt)
+    }
 
 
 def render_markdown(card: dict[str, Any]) -> str:
@@ -145,16 +274,21 @@ def render_markdown(card: dict[str, Any]) -> str:
         "",
         f"- registry name: `{m['registry_name']}` (family {m['family']}), network class `{m['network_class']}`",
         f"- network arguments: {m['network_kwargs'] or 'defaults'}",
-        f"- classes: {m['num_classes']} ({', '.join(map(str, m['class_names'][:20]))}"
-        f"{', ...' if len(m['class_names']) > 20 else ''}); "
-        f"input channels: {m['in_channels']}",
+        f"- {_classes(m)}; input channels: {_channels(m)}",
         f"- parameters: {m['parameters']:,} ({m['trainable_parameters']:,} trainable)",
     ]
     if "macs" in m:
-        macs = m["macs"]["mult_adds"]
+        macs = m["macs"]
+        shape = "x".join(map(str, macs["input_size"]))
+        side = f"{macs['input_size'][-2]}x{macs['input_size'][-1]} px" if len(macs["input_size"]) == 4 else "noise"
         lines.append(
-            f"- multiply-adds for one {m['macs']['input_size']} input: "
-            + (f"{macs / 1e6:,.2f} M" if macs is not None else "unknown")
+            f"- multiply-adds of {macs.get('counted', 'the network')} for one {shape} input ({side}; size: "
+            f"{macs.get('input_size_from', 'defaults')}): "
+            + (
+                f"{macs['mult_adds'] / 1e6:,.2f} M"
+                if macs["mult_adds"] is not None
+                else f"unknown ({macs.get('unknown_because', 'not counted')})"
+            )
         )
     lines += ["", "## Data", ""]
     data = card["data"]
@@ -205,6 +339,21 @@ def render_markdown(card: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _channels(model: dict[str, Any]) -> str:
+    source = model.get("in_channels_from") or "the checkpoint"
+    if model["in_channels"] in (None, "unknown"):
+        return source if source.startswith("unknown") else f"unknown ({source})"
+    return f"{model['in_channels']} (from {source})"
+
+
+def _classes(model: dict[str, Any]) -> str:
+    names = model["class_names"]
+    if model["num_classes"] is None:
+        return f"classes: none (a {model['family'] or 'model'} model without classes)"
+    shown = ", ".join(map(str, names[:20])) + (", ..." if len(names) > 20 else "")
+    return f"classes: {model['num_classes']} ({shown or 'no names'})"
 
 
 def main(argv: list[str] | None = None) -> int:

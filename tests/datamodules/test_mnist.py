@@ -1,5 +1,11 @@
+import contextlib
 import gzip
+import http.server
+import re
 import shutil
+import socket
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -62,15 +68,137 @@ def test_missing_files_without_download_name_the_files_and_the_folder(tmp_path):
 
 
 def test_failed_download_says_why_and_what_to_do(tmp_path, monkeypatch):
+    from torchvision.datasets import utils
+
+    def offline(url, **kwargs):
+        raise RuntimeError("Name or service not known")
+
+    monkeypatch.setattr(utils, "download_and_extract_archive", offline)
+    dm = MNISTDataModule(data_dir=str(tmp_path), download=True)
+    with pytest.raises(
+        DataNotFoundError,
+        match=r"download failed \(train-images-idx3-ubyte.gz: https?://\S+: "
+        r"RuntimeError: Name or service not known",
+    ):
+        dm.prepare_data()
+
+
+@contextmanager
+def _local_server(behaviour: str):
+    """``http://127.0.0.1:<port>/`` of a server that answers every request with 404 (``"404"``), with a page that is
+    not the file (``"html"``: the download is written, then fails its MD5 check) or closes the connection without
+    an answer (``"close"``)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if behaviour == "404":
+                self.send_error(404, "Not Found")
+            elif behaviour == "html":
+                body = b"<html>captive portal</html>"
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            else:
+                self.close_connection = True  # no status line: the client sees the connection end
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def _closed_port_url() -> str:
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens on it
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}/"
+
+
+def _offline(monkeypatch: pytest.MonkeyPatch, *mirrors: str) -> None:
+    """torchvision's MNIST mirrors replaced by ``mirrors`` (on 127.0.0.1 only), no proxy in the way."""
     import torchvision.datasets
 
-    def offline(*args, **kwargs):
-        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz: Name or service not known")
+    assert all(m.startswith("http://127.0.0.1:") for m in mirrors)
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("no_proxy", "*")
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", list(mirrors))
 
-    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
-    dm = MNISTDataModule(data_dir=str(tmp_path), download=True)
-    with pytest.raises(DataNotFoundError, match=r"download failed \(RuntimeError: Error downloading"):
-        dm.prepare_data()
+
+@pytest.mark.parametrize("behaviour", ["404", "html", "close", "closed port"])
+def test_failed_download_names_each_mirror_and_the_real_reason_and_leaves_no_empty_folders(
+    tmp_path, monkeypatch, behaviour
+):
+    expected = {
+        "404": r"HTTPError: 404 Not Found",
+        "html": r"RuntimeError: File not found or corrupted\.",  # torchvision's MD5 check
+        "close": r"RemoteDisconnected: Remote end closed connection without response",
+        "closed port": r"URLError: ConnectionRefusedError: \[Errno \d+\] Connection refused",
+    }[behaviour]
+    data_dir = tmp_path / "data"
+    with contextlib.ExitStack() as stack:
+        if behaviour == "closed port":
+            mirrors = [_closed_port_url()]
+        else:  # the first mirror answers badly, the second one cannot be reached: both reasons are given
+            mirrors = [stack.enter_context(_local_server(behaviour)), _closed_port_url()]
+        _offline(monkeypatch, *mirrors)
+        with pytest.raises(DataNotFoundError) as err:
+            MNISTDataModule(data_dir=str(data_dir), download=True).prepare_data()
+    message = str(err.value)
+    first_line = message.splitlines()[0]
+    assert f"train-images-idx3-ubyte.gz: {mirrors[0]}train-images-idx3-ubyte.gz: " in first_line
+    assert re.search(expected, first_line), first_line
+    if len(mirrors) > 1:
+        assert f"; {mirrors[1]}train-images-idx3-ubyte.gz: URLError: ConnectionRefusedError" in first_line
+    assert "Fix: put the four IDX files" in message
+    # data_dir, MNIST/ and MNIST/raw were made by the download, the wrong file written by it: all removed again
+    assert not data_dir.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_download_keeps_the_folders_and_files_that_were_there(tmp_path, monkeypatch):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "notes.txt").write_text("mine")
+    (tmp_path / "other").mkdir()
+    _offline(monkeypatch, _closed_port_url())
+    with pytest.raises(DataNotFoundError, match="Connection refused"):
+        MNISTDataModule(data_dir=str(tmp_path), download=True).prepare_data()
+    assert (raw / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["MNIST", "other"]
+    # an empty raw folder that was there before the download stays too
+    (raw / "notes.txt").unlink()
+    with pytest.raises(DataNotFoundError):
+        MNISTDataModule(data_dir=str(tmp_path), download=True).prepare_data()
+    assert raw.is_dir()
+
+
+def test_describe_error_is_never_blank():
+    from urllib.error import URLError
+
+    from datamodules.mnist import describe_error
+
+    assert describe_error(URLError(ConnectionRefusedError(111, "Connection refused"))) == (
+        "URLError: ConnectionRefusedError: [Errno 111] Connection refused"
+    )
+    assert describe_error(URLError("timed out")) == "URLError: timed out"
+    assert describe_error(ConnectionResetError()) == "ConnectionResetError (no message)"
+    try:
+        try:
+            raise TimeoutError("read timed out")
+        except TimeoutError as inner:
+            raise RuntimeError("") from inner
+    except RuntimeError as outer:
+        assert describe_error(outer) == "RuntimeError (no message), caused by TimeoutError: read timed out"
 
 
 def _copy_mnist(data_root: Path, target: Path) -> Path:

@@ -89,7 +89,7 @@ def test_test_from_checkpoint_prints_coco_table_and_predict_writes_valid_results
     report = ckpt.parent / f"report_{ckpt.stem}_COCODetectionDataModule"
     assert (report / "confusion_matrix.png").is_file() and (report / "pr_curves.png").is_file()
 
-    out_dir = tmp_path / "run" / "predictions"  # default: <log dir>/predictions
+    out_dir = ckpt.parent / f"predict_{ckpt.stem}_COCODetectionDataModule"  # default: beside the checkpoint
     main(["predict", *args, "--ckpt_path", str(ckpt)])
     results = json.loads((out_dir / "predictions.json").read_text())
     assert results and {r["category_id"] for r in results} <= {3, 7, 42}  # COCO ids, not labels

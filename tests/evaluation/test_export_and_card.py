@@ -141,9 +141,80 @@ def test_card_lists_the_right_parameter_count_and_the_training_config(mnist_run,
     assert card["model"]["parameters"] == expected
     assert card["model"]["registry_name"] == "convnet"
     assert card["model"]["macs"]["mult_adds"] > 0
+    assert card["model"]["in_channels"] == 1
+    assert card["model"]["macs"]["input_size"] == [1, 1, 28, 28]  # MNIST's images, not 224x224
     assert card["data"]["class_path"] == "datamodules.MNISTDataModule"
     assert card["training"]["config_file"] == str(config.resolve())
     assert card["software"]["at_training"]["torch"] == str(torch.__version__)
     assert card_main(["--ckpt", str(ckpt), "--no-macs"]) == 0
     printed = capsys.readouterr().out
     assert f"parameters: {expected:,}" in printed and "registry name: `convnet`" in printed
+    architecture = printed.split("## Architecture")[1].split("## Data")[0]
+    assert "input channels: 1 (from ImageClassifier.in_channels)" in architecture and "None" not in architecture
+
+
+def _checkpoint(module: torch.nn.Module, path):
+    """``path``: a checkpoint of the untrained ``module`` (what ``build_card`` reads)."""
+    import pytorch_lightning as pl
+
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, max_epochs=0, enable_progress_bar=False)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(path)
+    return path
+
+
+def test_card_of_a_detector_reports_its_input_channels_and_counts_macs_at_its_image_size(tmp_path):
+    import torchinfo
+
+    from zoo.card import render_markdown
+
+    module = ObjectDetector("ssdlite320_mobilenet_v3_large", num_classes=2, image_size=128, in_channels=None)
+    card = build_card(_checkpoint(module, tmp_path / "ssdlite.ckpt"))
+    model = card["model"]
+    assert model["in_channels"] == 3 and "first convolution" in model["in_channels_from"]
+    assert model["macs"]["input_size"] == [1, 3, 128, 128]
+    assert model["macs"]["input_size_from"] == "the hyperparameter image_size"
+    at_128 = torchinfo.summary(module.net, input_size=(1, 3, 128, 128), verbose=0, mode="eval").total_mult_adds
+    assert model["macs"]["mult_adds"] == at_128
+    markdown = render_markdown(card).split("## Data")[0]  # the architecture (the config below may hold None)
+    assert "None" not in markdown
+    assert "input channels: 3 (from the network's first convolution" in markdown
+    assert "for one 1x3x128x128 input (128x128 px; size: the hyperparameter image_size)" in markdown
+
+
+def test_card_of_a_detector_without_image_size_counts_at_the_size_the_network_resizes_to(tmp_path):
+    module = ObjectDetector("ssdlite320_mobilenet_v3_large", num_classes=2)  # SSDlite: a fixed 320x320 input
+    card = build_card(_checkpoint(module, tmp_path / "ssdlite.ckpt"))
+    assert card["model"]["in_channels"] == 3
+    assert card["model"]["macs"]["input_size"] == [1, 3, 320, 320]
+    assert "fixed_size" in card["model"]["macs"]["input_size_from"]
+
+
+def test_card_of_a_generative_model_has_no_none_and_counts_at_its_image_size(tmp_path):
+    from zoo.card import render_markdown
+    from zoo.generative.gan import GAN
+    from zoo.generative.vae import VAE
+
+    vae = build_card(_checkpoint(VAE(image_size=28), tmp_path / "vae.ckpt"))
+    assert vae["model"]["in_channels"] == 1
+    assert vae["model"]["macs"]["input_size"] == [1, 1, 28, 28] and vae["model"]["macs"]["mult_adds"] > 0
+    gan = build_card(_checkpoint(GAN(latent_dim=32), tmp_path / "gan.ckpt"))
+    assert gan["model"]["macs"]["input_size"] == [1, 32] and gan["model"]["macs"]["mult_adds"] > 0
+    for card in (vae, gan):
+        markdown = render_markdown(card).split("## Data")[0]
+        assert "None" not in markdown and "unknown" not in markdown, markdown
+
+
+def test_card_says_why_when_the_input_channels_are_unknown():
+    from zoo.card import _channels, input_channels_for
+
+    class NoConvolution(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Linear(4, 2)
+
+    channels, why = input_channels_for(NoConvolution(), {})
+    assert channels is None
+    assert why.startswith("unknown:") and "no run config" in why and "no convolution" in why
+    line = _channels({"in_channels": "unknown", "in_channels_from": why})
+    assert line == why and "None" not in line

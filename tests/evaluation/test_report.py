@@ -119,3 +119,65 @@ def test_reliability_bins_reproduce_torchmetrics_ece():
     reference = multiclass_calibration_error(probs, labels, num_classes=7, n_bins=15, norm="l1")
     assert float(ours["ece"]) == pytest.approx(float(reference), abs=1e-6)
     assert int(ours["count"].sum()) == 500
+
+
+def test_segmenter_report_says_the_isbi_test_split_is_the_validation_slices(isbi_run, tmp_path):
+    from zoo.card import build_card
+
+    ckpt, config = isbi_run
+    cli = _test(config, ckpt, f"--report_dir={tmp_path}", "--trainer.limit_test_batches=1")
+    val = [s.name for s in cli.datamodule.val_samples]
+    summary = json.loads((tmp_path / "metrics.json").read_text())
+    evaluated = summary["data"]["evaluated_on"]
+    assert "validation slices, not a test set" in evaluated and "test labels are not public" in evaluated
+    assert f"1 of the {len(val)} validation slices ({val[0]})" in evaluated and "split_seed=0" in evaluated
+    overview = (tmp_path / "report.md").read_text().split("## Overview")[1].split("## Summary")[0]
+    assert f"Evaluated on {evaluated}." in overview
+    assert "datamodules.ISBI2012DataModule (validation slices, not a test split, 1 sample)" in overview
+    assert "(test split," not in overview
+    assert "validation images" in build_card(ckpt, macs=False)["data"]["evaluated_on"]
+
+
+def test_evaluated_images_names_the_validation_images_only_when_the_test_loop_ran_on_them():
+    from types import SimpleNamespace
+
+    from zoo.evaluation.segmentation import evaluated_images
+
+    def sample(name: str) -> SimpleNamespace:
+        return SimpleNamespace(name=name)
+
+    folder = SimpleNamespace(val_samples=[sample("b"), sample("d")], train_samples=[sample("a"), sample("c")],
+                             val_size=0.5, split_seed=3)  # fmt: skip
+    short, text = evaluated_images(folder, ["d", "b"])
+    assert short == "validation images, not a test split"
+    assert text.endswith("Images evaluated: all 2 validation images (b, d), chosen from the 4 labelled ones by "
+                         "val_size=0.5, split_seed=3")  # fmt: skip
+    assert evaluated_images(folder, ["x"]) == ("", "")  # a real test split: nothing to say
+    assert evaluated_images(None, ["b"]) == ("", "")
+    stated = SimpleNamespace(test_split_description="the held-out scanner B slices")
+    assert evaluated_images(stated, ["x"]) == ("not a test split", "the held-out scanner B slices")
+
+
+def test_segmentation_legends_are_made_from_what_is_drawn():
+    import numpy as np
+
+    from zoo.evaluation.segmentation import _class_bars, _overlay_figure
+    from zoo.segmentation.plots import OVERLAY_COLOURS, class_colours
+
+    fig = _class_bars(["bg", "cell", "absent"], [["bg", 0.9, 0.95], ["cell", 0.5, 0.6], ["absent", np.nan, np.nan]])
+    ax = fig.axes[0]
+    for handle, bars in zip(ax.get_legend().legend_handles, ax.containers, strict=True):
+        assert {p.get_facecolor() for p in bars.patches} == {handle.get_facecolor()}
+    assert [t.get_text() for t in ax.texts] == ["n/a", "n/a"]  # the absent class: no score, not a score of 0
+
+    image = torch.full((1, 8, 8), 0.5)
+    image[0, 0, 0], image[0, 0, 1] = 0.0, 1.0  # min-max scaling keeps the other pixels mid-grey
+    mask = torch.zeros(8, 8, dtype=torch.long)
+    mask[2, 2], mask[3, 3] = 1, 2
+    colours = class_colours(3, OVERLAY_COLOURS) / 255.0
+    fig = _overlay_figure([(0.5, "img", image, mask, mask.clone())], colours, "t", ["bg", "cell", "nucleus"])
+    truth = fig.axes[1].images[0].get_array()
+    handles = {h.get_label(): h for h in fig.legends[0].legend_handles}
+    for label, (y, x) in (("cell", (2, 2)), ("nucleus", (3, 3))):
+        assert np.allclose(handles[label].get_facecolor()[:3], truth[y, x], atol=1e-6), label
+    assert set(handles) == {"bg (not tinted)", "cell", "nucleus", "error (wrong class)"}

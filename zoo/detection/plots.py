@@ -40,25 +40,43 @@ def draw_detections(
 
 
 def plot_pr_curves(curves: dict[int, PRCurve], class_names: list[str], iou_threshold: float = 0.5) -> Any:
-    """Per-class precision/recall curves (matplotlib figure), AP in the legend."""
+    """Per-class precision/recall curves (matplotlib figure), AP in the legend, which is built from the drawn lines
+    (one colour per class: ``tab10``/``tab20``, then line styles, so no two classes look alike). Classes without
+    objects have no curve; the title says how many; more than 20 curves get no legend (the title says so)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    drawn = [(label, curve) for label, curve in curves.items() if curve.num_gt > 0]
+    palette = matplotlib.colormaps["tab10" if len(drawn) <= 10 else "tab20"]
+    styles = ("-", "--", ":", "-.")
     fig, ax = plt.subplots(figsize=(6, 5))
-    for label, curve in curves.items():
-        if curve.num_gt == 0:
-            continue
-        name = class_name(label, class_names)
-        ax.plot(curve.recall.numpy(), curve.precision.numpy(), label=f"{name} (AP {curve.ap:.3f})")
+    lines = []
+    for i, (label, curve) in enumerate(drawn):
+        (line,) = ax.plot(
+            curve.recall.numpy(),
+            curve.precision.numpy(),
+            color=palette(i % palette.N),
+            linestyle=styles[(i // palette.N) % len(styles)],
+            label=f"{class_name(label, class_names)} (AP {curve.ap:.3f})",
+        )
+        lines.append(line)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
-    ax.set_title(f"Precision / recall per class (IoU >= {iou_threshold})")
-    if len(curves) <= 20:
-        ax.legend(fontsize=7, loc="lower left")
+    notes = []
+    empty = [class_name(label, class_names) for label, curve in curves.items() if curve.num_gt == 0]
+    if empty:
+        listed = ", ".join(empty[:8]) + (", ..." if len(empty) > 8 else "")
+        notes.append(f"no objects, no curve: {len(empty)} class{'es' if len(empty) > 1 else ''} ({listed})")
+    if len(lines) > 20:
+        notes.append(f"{len(lines)} curves: no legend, AP per class in the table")
+    title = f"Precision / recall per class (IoU >= {iou_threshold})"
+    ax.set_title(title + ("\n" + "; ".join(notes) if notes else ""), fontsize=10)
+    if 0 < len(lines) <= 20:
+        ax.legend(handles=lines, labels=[line.get_label() for line in lines], fontsize=7, loc="lower left")
     fig.tight_layout()
     return fig
 

@@ -73,10 +73,21 @@ class Section:
 
 @dataclass
 class FamilyReport:
-    """What a :class:`ReportWriter` adds: sections of the report, and data for ``metrics.json["report"]``."""
+    """What a :class:`ReportWriter` adds: sections of the report, data for ``metrics.json["report"]`` and, when the
+    test loop did not evaluate a held-out test split (a datamodule whose ``test_dataloader`` serves the validation
+    images), ``evaluated_on``: what it did evaluate, in words, shown at the top of the report's overview and in
+    ``metrics.json["data"]["evaluated_on"]``, and ``evaluated_split``: the same in a few words, for the overview's
+    data row (default: "test split"). ``metric_notes``: how the "Logged metrics" table shows a logged value that
+    is not a number to read as one (COCO's -1: no objects); ``metrics.json`` keeps the value as logged."""
 
     sections: list[Section] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
+    evaluated_on: str = ""
+    evaluated_split: str = ""
+    metric_notes: dict[str, str] = field(default_factory=dict)
+
+
+DEFAULT_EVALUATED_ON = "the datamodule's test split (test_dataloader)"
 
 
 class ReportWriter:
@@ -264,6 +275,7 @@ class EvaluationReport(pl.Callback):
             "data": {
                 "class_path": class_path(type(datamodule)) if datamodule is not None else None,
                 "hparams": _hparams(datamodule),
+                "evaluated_on": family.evaluated_on or DEFAULT_EVALUATED_ON,
             },
             "checkpoint": str(Path(trainer.ckpt_path).resolve()) if trainer.ckpt_path else None,
             "timing": self.timing,
@@ -275,22 +287,26 @@ class EvaluationReport(pl.Callback):
         title = self.title or f"Evaluation of {type(pl_module).__name__} ({_network_name(pl_module)})"
         if not trainer.ckpt_path:  # said in the first line: numbers of untrained weights must not pass for results
             title = f"{title}: NO CHECKPOINT, {_initial_weights(pl_module)}"
+        count = self.writer.num_samples
+        evaluated = f"{family.evaluated_split or 'test split'}, {count} sample{'' if count == 1 else 's'}"
         overview = Section(
             "Overview",
+            text=f"Evaluated on {family.evaluated_on}." if family.evaluated_on else "",
             tables=[
                 Table(
                     ["", ""],
                     [
                         ["checkpoint", summary["checkpoint"] or "(none: the model as it is)"],
                         ["model", summary["model"]["class_path"]],
-                        ["data", f"{summary['data']['class_path']} (test split, {self.writer.num_samples} samples)"],
+                        ["data", f"{summary['data']['class_path']} ({evaluated})"],
                         ["git commit", summary["git_commit"] or "unknown"],
                     ],
                 )
             ],
         )
         metrics_section = Section(
-            "Logged metrics", tables=[Table(["metric", "value"], [[k, _fmt(v)] for k, v in metrics.items()])]
+            "Logged metrics",
+            tables=[Table(["metric", "value"], [[k, family.metric_notes.get(k, _fmt(v))] for k, v in metrics.items()])],
         )
         write_report_files(report_dir, title, [overview, *family.sections, metrics_section])
         self.timing["write_s"] = time.perf_counter() - start
@@ -306,9 +322,7 @@ def _initial_weights(module: pl.LightningModule) -> str:
 
 def _network_name(module: pl.LightningModule) -> str:
     hp = getattr(module, "hparams", {}) or {}
-    return (
-        str(hp.get("network", "")) or type(getattr(module, "net", module)).__name__
-    )
+    return str(hp.get("network", "")) or type(getattr(module, "net", module)).__name__
 
 
 def _fmt(value: Any) -> str:
@@ -361,6 +375,27 @@ def write_report_files(report_dir: Path, title: str, sections: Sequence[Section]
     md_path.write_text("\n".join(md))
     html_path.write_text(page)
     return md_path, html_path
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` in at most ``limit`` characters: its head and tail around an ellipsis when longer (a figure title
+    of an image id that would overlap its neighbours; the full text belongs in a table beside the figure)."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    if limit <= 1:
+        return "…"[:limit]
+    tail = (limit - 1) // 3
+    return text[: limit - 1 - tail] + "…" + (text[-tail:] if tail else "")
+
+
+def attached_datamodule(module: pl.LightningModule) -> Any:
+    """The datamodule of the trainer ``module`` is attached to, or None (no trainer, or no datamodule)."""
+    try:
+        trainer = module.trainer
+    except RuntimeError:  # not attached to a Trainer
+        return None
+    return getattr(trainer, "datamodule", None) if trainer is not None else None
 
 
 def save_figure(fig: Any, path: Path) -> Path:

@@ -1,6 +1,11 @@
 """The segmenter's report: per-class IoU and Dice, pixel and Rand error, a per-image table (also
 ``per_image.csv``), and overlays of the best and worst images (ranked by their mean IoU over classes).
 
+Which images were evaluated is said in the report's overview: the folder datamodules (ISBI 2012, DSB2018, an
+image / mask folder) have no labelled test split, and their ``test_dataloader`` serves the validation images
+(ISBI 2012: the challenge's test labels were never published), so the report names those slices, how they were
+chosen (``val_size``, ``split_seed``) and how many of them the test loop ran on.
+
 Per-image scores are computed here from the predicted class maps that ``SemanticSegmenter.test_step``
 returns; the data-set numbers in the report are the module's logged (torchmetrics) ones.
 """
@@ -91,9 +96,16 @@ class SegmentationReport(report.ReportWriter):
         ]
         if fg is not None:
             summary.append([f"Rand error (foreground: {names[fg]})", metrics.get("test/rand_error", float("nan"))])
-            summary.append(["ISBI challenge pixel error (1 - best F-score over thresholds)",
-                            metrics.get("test/isbi_pixel_error", float("nan"))])
-        summary.append(["test images", self.num_samples])
+            summary.append(
+                [
+                    "ISBI challenge pixel error (1 - best F-score over thresholds)",
+                    metrics.get("test/isbi_pixel_error", float("nan")),
+                ]
+            )
+        evaluated_split, evaluated_on = evaluated_images(
+            report.attached_datamodule(module), [r["name"] for r in self.rows]
+        )
+        summary.append(["evaluated images" if evaluated_on else "test images", self.num_samples])
         headers = [
             "image",
             "pixel error",
@@ -124,11 +136,12 @@ class SegmentationReport(report.ReportWriter):
         colours = class_colours(module.num_classes, OVERLAY_COLOURS) / 255.0  # on the [0, 1] scale of the images
         for label, chosen in (("best", best), ("worst", worst)):
             if chosen:
-                fig = _overlay_figure(chosen, colours, f"{label} images by mean IoU")
+                fig = _overlay_figure(chosen, colours, f"{label} images by mean IoU", names)
                 figures.append(
                     report.Figure(
                         report.save_figure(fig, report_dir / f"{label}_overlays.png"),
-                        f"The {len(chosen)} {label} test images: image | ground truth | prediction | errors (red)",
+                        f"The {len(chosen)} {label} test images: image | ground truth | prediction | errors (red); "
+                        f"class colours in the legend ({names[0]}: not tinted)",
                     )
                 )
         sections = [
@@ -151,28 +164,85 @@ class SegmentationReport(report.ReportWriter):
             "worst": [w[1] for w in worst],
             "figures": [f.path.name for f in figures],
         }
-        return report.FamilyReport(sections, data)
+        return report.FamilyReport(sections, data, evaluated_on=evaluated_on, evaluated_split=evaluated_split)
+
+
+def _is_a(obj: Any, class_name: str) -> bool:
+    """Whether ``obj``'s class or a base of it is called ``class_name`` (the library imports no datamodule)."""
+    return any(cls.__name__ == class_name for cls in type(obj).__mro__)
+
+
+def evaluated_images(datamodule: Any, names: list[str]) -> tuple[str, str]:
+    """``(short, long)``: what the test loop evaluated, in words, when it was not a held-out test split (``("", "")``
+    when it was, or when the datamodule does not say). The datamodule's own ``test_split_description`` when it has
+    one; else, when every evaluated image is one of its validation images (``val_samples``), those images by name,
+    how they were chosen and how many of them were evaluated."""
+    if datamodule is None:
+        return "", ""
+    stated = getattr(datamodule, "test_split_description", None)
+    val = [str(getattr(s, "name", s)) for s in (getattr(datamodule, "val_samples", None) or [])]
+    isbi = _is_a(datamodule, "ISBI2012DataModule")
+    kind = "slices" if isbi else "images"
+    data = type(datamodule).__name__
+    if isinstance(stated, str) and stated.strip():
+        what = stated.strip()
+    elif val and names and set(names) <= set(val):
+        what = f"the validation {kind}, not a test set: {data}'s test split is its validation split " + (
+            "(the ISBI 2012 challenge's test labels are not public)" if isbi else "(it has no labelled test split)"
+        )
+    else:
+        return "", ""
+    short = f"validation {kind}, not a test split" if val else "not a test split"
+    if not val:
+        return short, what
+    seen = set(names)
+    train = getattr(datamodule, "train_samples", None)
+    chosen = ", ".join(
+        f"{key}={getattr(datamodule, key):g}" if isinstance(getattr(datamodule, key), (int, float)) else
+        f"{key}={getattr(datamodule, key)}"
+        for key in ("val_size", "split_seed") if hasattr(datamodule, key)
+    )  # fmt: skip
+    count = f"all {len(val)}" if len(seen) == len(val) else f"{len(seen)} of the {len(val)}"
+    source = f", chosen from the {len(train) + len(val)} labelled ones" if train is not None else ""
+    return short, (
+        f"{what}. {kind.capitalize()} evaluated: {count} validation {kind} "
+        f"({', '.join(n for n in val if n in seen)}){source}" + (f" by {chosen}" if chosen else "")
+    )
 
 
 def _class_bars(names: list[str], rows: list[list[Any]]) -> Any:
+    """IoU and Dice bars per class ('n/a' where the class is in neither map); the legend is made from the bars."""
     import matplotlib.pyplot as plt
 
     x = np.arange(len(names))
+    iou = np.array([r[1] for r in rows], dtype=float)
+    dice = np.array([r[2] for r in rows], dtype=float)
     fig, ax = plt.subplots(figsize=(max(4, 0.8 * len(names) + 2), 3.5))
-    ax.bar(x - 0.2, [r[1] for r in rows], width=0.4, label="IoU")
-    ax.bar(x + 0.2, [r[2] for r in rows], width=0.4, label="Dice")
+    handles = [
+        ax.bar(x - 0.2, np.nan_to_num(iou), width=0.4, color="C0", label="IoU"),
+        ax.bar(x + 0.2, np.nan_to_num(dice), width=0.4, color="C1", label="Dice"),
+    ]
+    for i in x:
+        for offset, value in ((-0.2, iou[i]), (0.2, dice[i])):
+            if np.isnan(value):
+                ax.text(i + offset, 0.01, "n/a", ha="center", va="bottom", fontsize=7)
     ax.set_xticks(x, names, rotation=30, ha="right")
     ax.set_ylim(0, 1)
-    ax.legend()
+    ax.legend(handles=handles, labels=[h.get_label() for h in handles])
     fig.tight_layout()
     return fig
 
 
 def _overlay_figure(
-    chosen: list[tuple[float, str, torch.Tensor, torch.Tensor, torch.Tensor]], colours: np.ndarray, title: str
+    chosen: list[tuple[float, str, torch.Tensor, torch.Tensor, torch.Tensor]],
+    colours: np.ndarray,
+    title: str,
+    class_names: list[str] | None = None,
 ) -> Any:
-    """Rows of image | ground truth | prediction (tinted with ``colours``, on the [0, 1] scale) | errors (red)."""
+    """Rows of image | ground truth | prediction (tinted with ``colours``, on the [0, 1] scale) | errors (red), and a
+    legend of the class colours made by the same :func:`tint` that colours the maps (class 0 is not tinted)."""
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     fig, axes = plt.subplots(len(chosen), 4, figsize=(12, 3.1 * len(chosen)), squeeze=False)
     for row, (score, name, image, mask, pred) in zip(axes, chosen, strict=True):
@@ -184,12 +254,21 @@ def _overlay_figure(
         for ax, panel, caption in zip(
             row,
             (base, tint(base, mask.numpy(), colours), tint(base, pred.numpy(), colours), errors),
-            (f"{name} (mean IoU {score:.3f})", "ground truth", "prediction", "errors"),
+            (f"{report.shorten(name, 28)} (mean IoU {score:.3f})", "ground truth", "prediction", "errors"),
             strict=True,
         ):
             ax.imshow(panel)
             ax.set_title(caption, fontsize=9)
             ax.axis("off")
+    if class_names:
+        # each class's swatch is what tint() makes of a mid-grey pixel of that class: the colour drawn in the panels
+        swatches = tint(np.full((1, len(colours), 3), 0.5), np.arange(len(colours))[None], colours)[0]
+        handles = [
+            Patch(facecolor=tuple(swatches[k]), edgecolor="0.4", label=class_names[k]) for k in range(1, len(colours))
+        ]
+        handles.insert(0, Patch(facecolor=(0.5, 0.5, 0.5), edgecolor="0.4", label=f"{class_names[0]} (not tinted)"))
+        handles.append(Patch(facecolor=(1.0, 0.0, 0.0), edgecolor="0.4", label="error (wrong class)"))
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False, fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04 if class_names else 0, 1, 1))
     return fig
