@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from datamodules.base import InMemoryClassificationDataModule
-from datamodules.errors import DataError
+from datamodules.errors import DataError, describe_error
 from datamodules.paths import resolve_data_dir
 
 IDX_IMAGES_MAGIC = 2051
@@ -67,26 +67,6 @@ def read_idx(path: str | os.PathLike) -> torch.Tensor:
 
 class DownloadFailedError(DataError, OSError):
     """A file could not be downloaded from any mirror; the message holds each mirror's reason."""
-
-
-def describe_error(err: BaseException) -> str:
-    """``Type: message`` of an exception, never blank: an HTTP error's status, a ``URLError``'s reason (the socket
-    error inside it, with its type), else the message, else the cause's description, else ``(no message)``."""
-    from urllib.error import HTTPError, URLError
-
-    if isinstance(err, HTTPError):
-        return f"HTTPError: {err.code} {err.reason}".rstrip()
-    if isinstance(err, URLError):
-        reason = err.reason
-        inner = describe_error(reason) if isinstance(reason, BaseException) else " ".join(str(reason).split())
-        return f"URLError: {inner or '(no reason given)'}"
-    message = " ".join(str(err).split())
-    cause = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
-    if message:
-        return f"{type(err).__name__}: {message}"
-    if cause is not None:
-        return f"{type(err).__name__} (no message), caused by {describe_error(cause)}"
-    return f"{type(err).__name__} (no message)"
 
 
 def _remove_new_files(folder: Path, before: set[str], names: tuple[str, ...]) -> None:

@@ -2,7 +2,8 @@
 
 Batch-level tensor augmentations for in-memory image sets (MNIST-like data): one
 ``affine_grid`` + ``grid_sample`` call per batch instead of one PIL/albumentations call per image,
-which is what keeps an MNIST epoch fast on a CPU. They run on whatever device the batch is on.
+which is what keeps an MNIST epoch fast on a CPU (and CIFAR's random crop and flip as one indexing
+operation per batch). They run on whatever device the batch is on.
 """
 
 from __future__ import annotations
@@ -45,6 +46,48 @@ def random_affine_batch(
     warped = F.grid_sample(images - fill, grid, align_corners=False, padding_mode="zeros")
     return warped + fill
 
+
+
+def random_crop_flip_batch(
+    images: torch.Tensor,
+    padding: int = 4,
+    flip: bool = True,
+    fill: float | torch.Tensor = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The standard CIFAR training augmentation (He, Zhang, Ren, Sun 2016, sec. 4.2: "4 pixels are padded on
+    each side, and a 32x32 crop is randomly sampled from the padded image or its horizontal flip") of an
+    ``(N, C, H, W)`` batch, as one indexing operation on the batch's device.
+
+    Each image is padded by ``padding`` pixels of value ``fill`` on every side (a float, or one value per
+    channel: a tensor of ``C`` values, e.g. the normalized black pixel), an ``H x W`` window at an independent
+    uniformly random offset in ``0..2 * padding`` is cut out of it and, with ``flip``, mirrored left-right with
+    probability 1/2. Kept pixels are copied exactly (no interpolation); ``padding=0`` and ``flip=False`` is the
+    identity. ``generator`` (on the batch's device) makes the draws reproducible.
+    """
+    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+        raise ValueError(f"padding must be a whole number of pixels >= 0, got {padding!r}")
+    n, c, h, w = images.shape
+    device = images.device
+    if padding:
+        value = torch.as_tensor(fill, dtype=images.dtype, device=device).reshape(-1)
+        if value.numel() not in (1, c):
+            raise ValueError(f"fill has {value.numel()} values for images of {c} channels (give 1 or {c})")
+        padded = value.view(1, -1, 1, 1).expand(n, c, h + 2 * padding, w + 2 * padding).clone()
+        padded[:, :, padding : padding + h, padding : padding + w] = images
+        offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator, device=device)
+    else:
+        padded = images
+        offsets = torch.zeros(n, 2, dtype=torch.long, device=device)
+    rows = offsets[:, :1] + torch.arange(h, device=device)  # (N, H): the source row of each output row
+    cols = offsets[:, 1:] + torch.arange(w, device=device)  # (N, W)
+    if flip:
+        mirrored = torch.rand(n, generator=generator, device=device) < 0.5
+        cols = torch.where(mirrored[:, None], cols.flip(1), cols)
+    batch = torch.arange(n, device=device)[:, None, None]
+    # channels-last for the gather: (N, H, W, C), then back to (N, C, H, W)
+    out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2).contiguous()
 
 # -- segmentation: albumentations pipelines (image, mask and weight map stay aligned) ------------------
 # Per-sample numpy pipelines for large images that are cropped at random: albumentations moves the

@@ -185,7 +185,7 @@ def test_failed_download_keeps_the_folders_and_files_that_were_there(tmp_path, m
 def test_describe_error_is_never_blank():
     from urllib.error import URLError
 
-    from datamodules.mnist import describe_error
+    from datamodules.errors import describe_error
 
     assert describe_error(URLError(ConnectionRefusedError(111, "Connection refused"))) == (
         "URLError: ConnectionRefusedError: [Errno 111] Connection refused"
