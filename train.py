@@ -8,7 +8,14 @@ A mistake in what you give (an argument, a file, a checkpoint) is printed as one
 code 2; add --debug (or set ZOO_DEBUG=1) for the traceback.
 """
 
-from zoo.cli import run
+import sys
+
+from zoo.commands import is_overview_request, overview
 
 if __name__ == "__main__":
+    if is_overview_request(sys.argv[1:]):  # answered without importing Lightning (seconds) at all
+        print(overview())
+        raise SystemExit(0)
+    from zoo.cli import run
+
     raise SystemExit(run())

@@ -48,7 +48,9 @@ from zoo.core.reliability import FailureGuard, ResumeCheckpoint, install_atomic_
 
 # Attributes that a datamodule may define and a model may take: linked when the model's signature takes them
 # (jsonargparse leaves out a link whose target the chosen model class does not have).
-DATA_TO_MODEL_LINKS = ("num_classes", "in_channels", "class_names")
+DATA_TO_MODEL_LINKS = ("num_classes", "in_channels", "class_names", "task", "class_weights")
+# What a link gives when the datamodule has no such attribute (a datamodule of single-label classes has no ``task``).
+LINK_DEFAULTS: dict[str, Any] = {"task": "multiclass"}
 
 
 # Model arguments that define the shapes of a checkpoint's weights: a value given on the command line that differs
@@ -87,9 +89,15 @@ class ZooArgumentParser(LightningArgumentParser):
 def argument_error_message(parser: LightningArgumentParser, message: str) -> str:
     """jsonargparse's error ``message`` as one paragraph: what is wrong with which key, and the fix (the close
     matches of a mistyped key, the expected type of a value)."""
+    if "(all options: " in message:  # already rewritten (jsonargparse passes a nested parser's error on)
+        return message
     parser = subcommand_parser(parser)
     command = parser.prog.replace(" [options]", "")
     help_hint = f"all options: {command} --help"
+    missing = re.search(r"File does not exist: '?([^'\n]+)'?", message)
+    if missing and 'Parser key "config"' in message:
+        return (f"config file {missing.group(1)} does not exist (--config). Fix: check the path; the zoo's configs "
+                f"are in configs/<family>/, a run's own in runs/<name>/version_<n>/config.yaml.")
     lines = [line.strip() for line in message.splitlines()]
     unknown = re.search(r"unrecognized arguments: (\S+)", message) or re.search(
         r"does not accept option '([^']+)'", message)
@@ -370,6 +378,10 @@ class ZooCLI(LightningCLI):
         warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create")
         if self.subcommand == "test":
             config["report_dir"] = str(folder)
+            if config.get("report", True):
+                from zoo.evaluation.report import check_writable
+
+                check_writable(folder)  # before Lightning's config saving creates it, with the report's message
         if self.subcommand == "predict" and "output_dir" in init_argument_names(
                 str((config.get("model") or {}).get("class_path") or "")):
             model_args["output_dir"] = str(folder)
@@ -442,10 +454,22 @@ class ZooCLI(LightningCLI):
         return trainer
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[pl.Callback]) -> pl.Trainer:
-        # --trainer.enable_checkpointing false forbids any checkpoint callback: leave the resume point out then.
+        configured = list(config.get("callbacks") or [])
+        # --trainer.enable_checkpointing false forbids any checkpoint callback (Lightning refuses the run): the user
+        # asked for none, so the resume point and the config's ModelCheckpoint are left out, saying so.
         if config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ResumeCheckpoint)]
-        configured = list(config.get("callbacks") or [])
+            dropped = [c for c in configured if isinstance(c, ModelCheckpoint)]
+            if dropped and self.subcommand not in EVALUATION_SUBCOMMANDS:
+                rank_zero_warn(f"enable_checkpointing=False: the config's {len(dropped)} ModelCheckpoint callback(s) "
+                               "are left out; this run saves no checkpoint.")
+            configured = [c for c in configured if not isinstance(c, ModelCheckpoint)]
+        # --trainer.logger false: Lightning refuses a LearningRateMonitor without a logger at the first step.
+        if config.get("logger") is False:
+            monitors = [c for c in configured if isinstance(c, LearningRateMonitor)]
+            if monitors and self.subcommand == "fit":
+                rank_zero_warn("logger=False: the config's LearningRateMonitor is left out (it logs to the logger).")
+            configured = [c for c in configured if not isinstance(c, LearningRateMonitor)]
         if self.subcommand in EVALUATION_SUBCOMMANDS or config.get("fast_dev_run"):
             # Checkpoints and learning rates exist only in fit; in test they would only warn ("dirpath has changed").
             def fit_only(c: Any) -> bool:
@@ -604,7 +628,7 @@ def _plain(value: Any) -> Any:
 
 def _attribute(name: str) -> Any:
     def get(datamodule: pl.LightningDataModule) -> Any:
-        value = getattr(datamodule, name, None)
+        value = getattr(datamodule, name, LINK_DEFAULTS.get(name))
         return list(value) if isinstance(value, tuple) else value
 
     get.__name__ = f"data_{name}"

@@ -5,6 +5,7 @@ The networks are in :mod:`zoo.generative.models` (registry family ``"generative"
 FID feature classifier is ``python -m zoo.evaluation.fid_features`` (not imported here: it needs the datamodules).
 """
 
+import zoo.generative.models  # noqa: F401  (registers the family's networks before any module builds one)
 from zoo.core.reliability import NonFiniteLossError
 from zoo.generative.autoencoder import AutoEncoder, DenoisingAutoEncoder
 from zoo.generative.base import GenerativeModule

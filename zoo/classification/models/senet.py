@@ -15,7 +15,6 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Callable
 
-import timm
 import torch.nn as nn
 
 from zoo.classification.models.resnet import adapt_resnet_stem
@@ -29,6 +28,8 @@ def _timm_seresnet(name: str, network: str) -> Callable[..., nn.Module]:
     def builder(
         num_classes: int = 1000, in_channels: int = 3, small_input: bool = False, drop_path_rate: float = 0.0
     ) -> nn.Module:
+        import timm  # here, not at the top: importing the classification family stays free of timm (0.3 s)
+
         model = timm.create_model(
             name, pretrained=False, num_classes=num_classes, in_chans=in_channels, drop_path_rate=drop_path_rate
         )
