@@ -37,10 +37,14 @@ two outputs hold different numbers of detections.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import os
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -179,9 +183,12 @@ def export_input(
 
 def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> str:
     errors = []
-    for dynamo in (False, True):
+    # torch.export (dynamo) first: torch's default exporter, which takes every network here; the TorchScript-based
+    # one is the fall-back. Both print as they work (dynamo its progress; TorchScript, from C++, its whole IR graph
+    # when it gives up): the outcome is reported below, so their prints are kept from the terminal.
+    for dynamo in (True, False):
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _stdout_silenced():
                 warnings.simplefilter("ignore")
                 # the batch dimension is dynamic, said each exporter's way
                 batch = (
@@ -206,6 +213,22 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> str:
                 f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
             )
     raise ExportError("; ".join(errors))
+
+
+@contextlib.contextmanager
+def _stdout_silenced() -> Iterator[None]:
+    """Standard output off, at the file-descriptor level (what C++ code prints too), for the block."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            with contextlib.redirect_stdout(io.StringIO()):
+                yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _run_onnx(path: Path, example: torch.Tensor) -> torch.Tensor:
