@@ -95,7 +95,8 @@ def class_balanced_subset(labels: torch.Tensor, size: int, seed: int) -> torch.T
     if not len(classes) <= size <= len(labels):
         raise ValueError(
             f"train_subset must be between the number of classes ({len(classes)}) and the number of "
-            f"training samples ({len(labels):,}); got {size:,}."
+            f"training samples ({len(labels):,}); got {size:,}. Fix: --data.init_args.train_subset "
+            f"{len(classes)}..{len(labels)}, or leave it out (the whole training split)."
         )
     per_class, extra = divmod(size, len(classes))
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
@@ -175,7 +176,14 @@ class InMemoryClassificationDataModule(pl.LightningDataModule):
         """
         super().__init__()
         if normalization not in NORMALIZATIONS:
-            raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}; got {normalization!r}")
+            raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}; got {normalization!r}. "
+                             f"Fix: --data.init_args.normalization {NORMALIZATIONS[0]}")
+        for name, value, least in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1),
+                                   ("num_workers", num_workers, 0), ("val_size", val_size, 0),
+                                   ("train_subset", train_subset, 1)):  # fmt: skip
+            if value is not None and value < least:
+                raise ValueError(f"{type(self).__name__}: {name}={value}. Fix: --data.init_args.{name} >= {least}"
+                                 + (" (or leave it out: the whole training split)" if name == "train_subset" else ""))
         self.normalization, self.anomaly_class = normalization, anomaly_class
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.val_size, self.split_seed, self.train_subset = val_size, split_seed, train_subset
@@ -212,6 +220,11 @@ class InMemoryClassificationDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit", "validate") and self.train_set is None:
             images, labels = self.load_split(train=True)
+            if self.val_size >= len(labels):
+                raise ValueError(
+                    f"{type(self).__name__}: val_size={self.val_size:,} but the training split has {len(labels):,} "
+                    f"images. Fix: --data.init_args.val_size below {len(labels):,} (default 5000)."
+                )
             train_idx, val_idx = deterministic_split(len(labels), self.val_size, self.split_seed)
             if self.anomaly_class is not None:
                 train_idx = self._drop_anomalies(labels, train_idx)

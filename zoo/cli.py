@@ -321,6 +321,7 @@ class ZooCLI(LightningCLI):
         if model is None or not model.get("class_path"):
             return
         model_class = import_class(model["class_path"])
+        self._link_data_to_model(model["class_path"])
         family = getattr(model_class, "family", None)
         init_args = model.get("init_args") or {}
         name = init_args.get("network")  # the registry-name argument of every ZooModule
@@ -329,6 +330,21 @@ class ZooCLI(LightningCLI):
             self._fit_network_kwargs(init_args, entry)
         if init_args.get("fid_classifier") == "auto" and self.subcommand in ("fit", "validate", "test"):
             self._prepare_default_fid_features(config)
+
+    def _link_data_to_model(self, model_class_path: str) -> None:
+        """Link each of :data:`DATA_TO_MODEL_LINKS` that the chosen model takes from the datamodule's attribute
+        (once the model class is known: a link to an argument the model lacks would reach it as an unknown keyword,
+        and a datamodule attribute of the same name may mean something else, as a segmentation set's
+        ``class_weights``)."""
+        parser = self._parser(self.subcommand)
+        if getattr(parser, "_zoo_links_added", False):
+            return
+        takes = set(init_argument_names(model_class_path))
+        for attr in DATA_TO_MODEL_LINKS:
+            if attr in takes:
+                parser.link_arguments("data", f"model.init_args.{attr}", compute_fn=_attribute(attr),
+                                      apply_on="instantiate")  # fmt: skip
+        parser._zoo_links_added = True
 
     def given_trainer_arguments(self) -> set[str]:
         """The trainer arguments given on the command line (``--trainer.X``)."""
@@ -443,10 +459,6 @@ class ZooCLI(LightningCLI):
         # (zoo.core.reliability): last.ckpt every N steps for --ckpt_path last, NaN / out-of-memory handling.
         parser.add_lightning_class_args(ResumeCheckpoint, "resume_checkpoint")
         parser.add_lightning_class_args(FailureGuard, "failure_guard")
-        for attr in DATA_TO_MODEL_LINKS:
-            parser.link_arguments(
-                "data", f"model.init_args.{attr}", compute_fn=_attribute(attr), apply_on="instantiate"
-            )
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         trainer = super().instantiate_trainer(**kwargs)

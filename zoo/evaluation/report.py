@@ -268,7 +268,8 @@ class EvaluationReport(pl.Callback):
         )
         datamodule = getattr(trainer, "datamodule", None)
         summary = {
-            "metrics": metrics,
+            # a NaN (a metric undefined on this data: mAP of a test set without positives) is null: JSON has no NaN
+            "metrics": {k: _number(v) for k, v in metrics.items()},
             "report": family.data,
             "num_samples": self.writer.num_samples,
             "model": {"class_path": class_path(type(pl_module)), "hparams": _hparams(pl_module)},
