@@ -57,10 +57,11 @@ def generate_digit_canvases(
     from tqdm import tqdm
 
     if count < 1:
-        raise ValueError(f"count must be >= 1, got {count}")
+        raise ValueError(f"count must be >= 1, got {count}. Fix: --data.init_args.train_count / val_count >= 1")
     lo, hi = digits_per_image
     if not 1 <= lo <= hi:
-        raise ValueError(f"digits_per_image must be (min, max) with 1 <= min <= max, got {digits_per_image}")
+        raise ValueError(f"digits_per_image must be (min, max) with 1 <= min <= max, got {digits_per_image}. "
+                         "Fix: --data.init_args.digits_per_image [1, 4]")
     if digit_scale[1] * 28 > canvas_size:
         raise ValueError(
             f"digit_scale max {digit_scale[1]} makes a digit of {digit_scale[1] * 28:.0f} px, "

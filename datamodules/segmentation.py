@@ -298,7 +298,8 @@ def split_indices(n: int, val_size: float, seed: int) -> tuple[list[int], list[i
     """Deterministic (train, val) positions of ``n`` items: ``val_size`` a fraction (< 1) or a count."""
     n_val = int(round(val_size * n)) if 0 < val_size < 1 else int(val_size)
     if not 0 <= n_val < n:
-        raise ValueError(f"val_size={val_size} leaves no training images out of {n}")
+        raise ValueError(f"val_size={val_size} leaves no training images out of {n}. Fix: --data.init_args.val_size "
+                         f"below {n} (a count) or a fraction in (0, 1)")
     order = np.random.default_rng(seed).permutation(n)
     return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
 

@@ -89,3 +89,24 @@ def test_a_run_prints_no_library_noise(tmp_path):
         assert noise not in output, noise
     assert "Params: " in output  # the summary itself is kept
     assert list(tmp_path.iterdir()) == []  # and fast_dev_run wrote nothing here
+
+
+# -- the audit: values out of range, each one paragraph naming the argument and the fix ---------------------------
+@pytest.mark.parametrize(
+    ("config", "argument", "expected"),
+    [
+        (MNIST, ["--data.init_args.val_size", "70000"], "val_size=70,000 but the training split has 60,000 images"),
+        (MNIST, ["--data.init_args.batch_size", "0"], "batch_size=0. Fix: --data.init_args.batch_size >= 1"),
+        (MNIST, ["--data.init_args.train_subset", "100000"], "train_subset must be between the number of classes"),
+        (str(ROOT / "configs/segmentation/isbi_unet.yaml"), ["--data.init_args.val_size", "40"],
+         "val_size=40.0 leaves no training images out of 24"),
+        (str(ROOT / "configs/segmentation/isbi_unet.yaml"), ["--model.init_args.tile_size", "100"],
+         "Fix: --model.init_args.tile_size 204 or more"),
+        (str(ROOT / "configs/detection/digits_ssdlite.yaml"), ["--data.init_args.train_count", "0"],
+         "count must be >= 1, got 0. Fix:"),
+    ],
+    ids=["val_size", "batch_size", "train_subset", "segmentation-val_size", "tile_size", "canvas-count"],
+)
+def test_an_argument_out_of_range_is_one_paragraph_with_the_fix(tmp_path, config, argument, expected):
+    done = train("fit", "--config", config, *argument, "--trainer.fast_dev_run=true", cwd=tmp_path)
+    assert_user_error(done, expected, "Fix:")

@@ -114,7 +114,8 @@ def plan_axis(length: int, tile_size: int, geometry: Geometry, overlap: int = 0)
         if tile_size < smallest:
             raise ValueError(
                 f"tile_size={tile_size} is too small for this network: tiles must be at least {smallest} "
-                f"pixels (output {geometry.output_size(smallest)}, of which {d} are used per step)."
+                f"pixels (output {geometry.output_size(smallest)}, of which {d} are used per step). Fix: "
+                f"--model.init_args.tile_size {smallest} or more."
             )
         largest = max(s for s in range(tile_size - 2 * d - 1, tile_size + 1) if _valid(geometry, s))
         max_step = geometry.output_size(largest) // d * d
