@@ -180,3 +180,12 @@ def test_fast_dev_run_writes_nothing_where_the_user_works(tmp_path, monkeypatch)
     cli = main(["fit", "--config", DIGITS, "--trainer.fast_dev_run=true", "--trainer.enable_progress_bar=false"])
     assert list(tmp_path.iterdir()) == []
     assert Path(cli.trainer.default_root_dir).name.startswith("zoo-fast-dev-run-")
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "predict"])
+def test_validate_and_predict_without_a_checkpoint_warn_that_the_weights_are_untrained(subcommand, tmp_path,
+                                                                                       monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(UserWarning, match=rf"{subcommand} without --ckpt_path .*ImageClassifier as it was just built"):
+        limit = "limit_val_batches" if subcommand == "validate" else "limit_predict_batches"
+        main([subcommand, "--config", DIGITS, *QUIET, f"--trainer.{limit}=1"])

@@ -610,14 +610,24 @@ class ZooCLI(LightningCLI):
             print(f"predict: outputs in {self.output_dir}: {shown or 'nothing written'}", flush=True)
 
     def before_test(self) -> None:
-        # Weights that do not fit the built network (an older, incompatible checkpoint): name the keys and the
-        # checkpoint's version instead of Lightning's bare load_state_dict error.
-        ckpt_path = self.config["test"].get("ckpt_path")
+        self._check_evaluated_weights("test", "evaluates", " (the report says so in its first line)")
+
+    def before_validate(self) -> None:
+        self._check_evaluated_weights("validate", "evaluates", "")
+
+    def before_predict(self) -> None:
+        self._check_evaluated_weights("predict", "predicts with", "")
+
+    def _check_evaluated_weights(self, subcommand: str, verb: str, note: str) -> None:
+        """Without ``--ckpt_path``, a loud warning: the numbers are those of untrained weights. With one, weights that
+        do not fit the built network (an older, incompatible checkpoint) name the keys and the checkpoint's version
+        instead of Lightning's bare ``load_state_dict`` error."""
+        ckpt_path = self.config[subcommand].get("ckpt_path")
         if not ckpt_path:
             rank_zero_warn(
-                f"test without --ckpt_path evaluates {type(self.model).__name__} as it was just built: its initial "
-                "weights, not a trained model (the report says so in its first line). Fix: pass --ckpt_path "
-                "runs/<name>/version_<n>/checkpoints/<file>.ckpt to evaluate a trained model."
+                f"{subcommand} without --ckpt_path {verb} {type(self.model).__name__} as it was just built: its "
+                f"initial weights, not a trained model{note}. Fix: pass --ckpt_path "
+                "runs/<name>/version_<n>/checkpoints/<file>.ckpt to use a trained model."
             )
         if ckpt_path and Path(ckpt_path).is_file():
             check_state_dict_compatible(read_checkpoint_info(ckpt_path), self.model)
