@@ -1049,7 +1049,8 @@ class ImageFolderDataModule(_PhotoDataModule):
                     raise ImageDataError(f"{root} holds {', '.join(found)}: two folders of the {s} split. Fix: merge "
                                          f"them into one.")  # fmt: skip
             split_roots = {s: root / found[0] for s, found in split_folders.items() if found}
-            carve = tuple(s for s in ("val", "test") if s not in split_roots)
+            sizes = {"val": self.val_size, "test": self.test_size}
+            carve = tuple(s for s in ("val", "test") if s not in split_roots and sizes[s])  # a size 0 holds out none
             layout = "train/val/test folders" + (f" ({', '.join(carve)} held out of train/)" if carve else "")
         else:
             if split_folders["val"] or split_folders["test"]:
