@@ -33,6 +33,19 @@ def data_dir(explicit: str | None = None) -> str:
     sys.exit("No data: pass --data-dir or set ZOO_DATA_DIR to the folder holding mnist/ (IDX files).")
 
 
+def cache_dir() -> Path:
+    """Where benchmarks write derived data sets (PNG folders, CSVs): ``$ZOO_CACHE_DIR``, else ~/.cache/vision-zoo."""
+    return Path(os.environ.get("ZOO_CACHE_DIR") or Path.home() / ".cache" / "vision-zoo").expanduser()
+
+
+def load_note() -> dict:
+    """The load average, and a note when other processes compete for the cores (recorded with the figures)."""
+    load = os.getloadavg()
+    busy = load[0] > (os.cpu_count() or 1)
+    return {"loadavg_1_5_15": [round(v, 2) for v in load],
+            "note": "machine busy: other processes running" if busy else None}  # fmt: skip
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bf16 natively (oneDNN's check: AVX512-BF16 or AMX). Without it, bf16 autocast is
     emulated and far slower than float32 (measured: a U-Net step 56 s instead of 0.9 s on an AVX2-only EPYC)."""

@@ -51,7 +51,15 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import TimeBudget, add_precision_argument, data_dir, markdown_table, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    TimeBudget,
+    add_precision_argument,
+    cache_dir,
+    data_dir,
+    load_note,
+    markdown_table,
+    write_json,
+)
 
 from datamodules import FashionMNISTDataModule, ImageFolderDataModule  # noqa: E402
 from datamodules.images import PhotoDataset  # noqa: E402
@@ -61,17 +69,6 @@ SPLIT_SIZES = {"train": 60000, "test": 10000}
 MEAN, STD = list(FashionMNISTDataModule.mean), list(FashionMNISTDataModule.std)
 # "T-shirt/top" cannot be a folder name; the label in front keeps the sorted folder order = the label order.
 CLASS_FOLDERS = [f"{k}_{name.replace('/', '-')}" for k, name in enumerate(FashionMNISTDataModule.class_names)]
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("ZOO_CACHE_DIR") or Path.home() / ".cache" / "vision-zoo").expanduser()
-
-
-def load_note() -> dict:
-    load = os.getloadavg()
-    busy = load[0] > (os.cpu_count() or 1)
-    return {"loadavg_1_5_15": [round(v, 2) for v in load],
-            "note": "machine busy: other processes running" if busy else None}  # fmt: skip
 
 
 def count_pngs(root: Path) -> dict[str, int]:

@@ -35,7 +35,6 @@ import argparse
 import csv
 import hashlib
 import json
-import os
 import sys
 import time
 from functools import partial
@@ -49,7 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     TimeBudget,
     add_precision_argument,
+    cache_dir,
     data_dir,
+    load_note,
     markdown_table,
     validation_metrics,
     write_json,
@@ -62,17 +63,6 @@ from zoo.classification import ImageClassifier  # noqa: E402
 DIGITS = [f"digit{d}" for d in range(10)]
 GENERATOR = {"canvas_size": 128, "digits_per_image": (1, 4), "digit_scale": (1.0, 2.0), "max_overlap": 0.1}
 DEFAULT_CANDIDATES = ["resnet20@64", "convnet:depth=4@64", "convnet:depth=4@48", "convnet:depth=3@64"]
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("ZOO_CACHE_DIR") or Path.home() / ".cache" / "vision-zoo").expanduser()
-
-
-def load_note() -> dict:
-    load = os.getloadavg()
-    busy = load[0] > (os.cpu_count() or 1)
-    return {"loadavg_1_5_15": [round(v, 2) for v in load],
-            "note": "machine busy: other processes running" if busy else None}  # fmt: skip
 
 
 # -- the data ------------------------------------------------------------------------------------------------------
