@@ -716,6 +716,7 @@ QUIET_MESSAGES = (
 # Warnings raised inside the libraries about their own internals, which no setting of the user's can change.
 QUIET_WARNINGS = (
     r".*isinstance\(treespec, LeafSpec\).*",  # pytorch_lightning.utilities._pytree on torch >= 2.9
+    r"The image decoding and encoding capabilities of TorchVision are deprecated",  # torchvision.io, used to decode
 )
 
 
