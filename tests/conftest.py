@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import os
+import socket
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -68,3 +73,27 @@ def private_cache(tmp_path_factory) -> Path:
     cache = tmp_path_factory.mktemp("zoo_cache")
     os.environ["ZOO_CACHE_DIR"] = str(cache)
     return cache
+
+
+# -- downloads: tests download only from servers they start on 127.0.0.1 ----------------------------------------
+@contextlib.contextmanager
+def local_http_server(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """``http://127.0.0.1:<port>/`` answered by ``handler`` in a thread, for the block."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def closed_port_url(path: str = "") -> str:
+    """A URL on 127.0.0.1 whose port was free a moment ago: nothing listens on it (connection refused)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}/{path}"
+

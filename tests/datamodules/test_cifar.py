@@ -12,10 +12,8 @@ import io
 import os
 import pickle
 import re
-import socket
 import struct
 import tarfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,6 +26,7 @@ from datamodules import CIFAR10DataModule, CIFAR100DataModule
 from datamodules.cifar import CIFAR10_CLASSES, CIFAR100_COARSE_CLASSES, CIFAR100_FINE_CLASSES, ClassNamesChangedError
 from datamodules.mnist import CorruptFileError, DataNotFoundError, read_idx
 from datamodules.transforms import random_crop_flip_batch
+from tests.conftest import closed_port_url, local_http_server
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 PER_BATCH = 12  # 5 training batches + 1 test batch of 12 images: 60 + 12
@@ -248,22 +247,8 @@ def serving(folder: Path) -> Iterator[str]:
         def log_message(self, *args) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-
-
-def closed_port_url() -> str:
-    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens on it
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}/cifar-10-python.tar.gz"
+    with local_http_server(functools.partial(Quiet, directory=str(folder))) as url:
+        yield url
 
 
 @pytest.fixture
@@ -308,7 +293,7 @@ def test_failed_download_says_why_and_leaves_no_folders(digits, tmp_path, monkey
     }[failure]
     with serving(served) as url:
         name = "missing.tar.gz" if failure == "404" else "cifar-10-python.tar.gz"
-        source = closed_port_url() if failure == "closed port" else f"{url}{name}"
+        source = closed_port_url("cifar-10-python.tar.gz") if failure == "closed port" else f"{url}{name}"
         monkeypatch.setattr(CIFAR10DataModule, "url", source)
         monkeypatch.setattr(CIFAR10DataModule, "tgz_md5", "0" * 32)
         with pytest.raises(DataNotFoundError) as err:
@@ -322,7 +307,7 @@ def test_failed_download_says_why_and_leaves_no_folders(digits, tmp_path, monkey
 
 def test_failed_download_keeps_what_was_there(tmp_path, monkeypatch, no_proxy):
     (tmp_path / "notes.txt").write_text("mine")
-    monkeypatch.setattr(CIFAR10DataModule, "url", closed_port_url())
+    monkeypatch.setattr(CIFAR10DataModule, "url", closed_port_url("cifar-10-python.tar.gz"))
     with pytest.raises(DataNotFoundError, match="Connection refused"):
         cifar10(tmp_path, download=True).prepare_data()
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]

@@ -3,8 +3,6 @@ import gzip
 import http.server
 import re
 import shutil
-import socket
-import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import torch
 from datamodules import DigitsDataModule, FashionMNISTDataModule, MNISTDataModule
 from datamodules.base import deterministic_split
 from datamodules.mnist import CorruptFileError, DataNotFoundError, read_idx
+from tests.conftest import closed_port_url, local_http_server
 
 
 def test_reads_the_official_mnist_files(data_root):
@@ -105,22 +104,8 @@ def _local_server(behaviour: str):
         def log_message(self, *args) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-
-
-def _closed_port_url() -> str:
-    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens on it
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}/"
+    with local_http_server(Handler) as url:
+        yield url
 
 
 def _offline(monkeypatch: pytest.MonkeyPatch, *mirrors: str) -> None:
@@ -147,9 +132,9 @@ def test_failed_download_names_each_mirror_and_the_real_reason_and_leaves_no_emp
     data_dir = tmp_path / "data"
     with contextlib.ExitStack() as stack:
         if behaviour == "closed port":
-            mirrors = [_closed_port_url()]
+            mirrors = [closed_port_url()]
         else:  # the first mirror answers badly, the second one cannot be reached: both reasons are given
-            mirrors = [stack.enter_context(_local_server(behaviour)), _closed_port_url()]
+            mirrors = [stack.enter_context(_local_server(behaviour)), closed_port_url()]
         _offline(monkeypatch, *mirrors)
         with pytest.raises(DataNotFoundError) as err:
             MNISTDataModule(data_dir=str(data_dir), download=True).prepare_data()
@@ -170,7 +155,7 @@ def test_failed_download_keeps_the_folders_and_files_that_were_there(tmp_path, m
     raw.mkdir(parents=True)
     (raw / "notes.txt").write_text("mine")
     (tmp_path / "other").mkdir()
-    _offline(monkeypatch, _closed_port_url())
+    _offline(monkeypatch, closed_port_url())
     with pytest.raises(DataNotFoundError, match="Connection refused"):
         MNISTDataModule(data_dir=str(tmp_path), download=True).prepare_data()
     assert (raw / "notes.txt").read_text() == "mine"
