@@ -194,23 +194,19 @@ def where_given(key: str) -> str:
     if any(w.startswith("--") and w[2:].split("=", 1)[0].replace(".init_args.", ".").startswith(short) for w in words):
         return " (on the command line)"
     for path in config_paths(words):
-        try:
-            import yaml
-
-            node: Any = yaml.safe_load(Path(path).read_text())
-        except (OSError, ValueError):
-            continue
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        if node is not None or _yaml_has_key(path, key):
+        if _yaml_has_key(path, key):
             return f" (in {path})"
     return " (on the command line)" if any(key.split(".")[-1] in w for w in words if w.startswith("--")) else ""
 
 
 def _yaml_has_key(path: str, key: str) -> bool:
+    """Whether the YAML file ``path`` sets the dotted ``key`` (``model.init_args.label_smothing``)."""
     import yaml
 
-    node: Any = yaml.safe_load(Path(path).read_text())
+    try:
+        node: Any = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return False
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
             return False
