@@ -173,6 +173,7 @@ def test_test_and_predict_write_only_their_outputs_beside_the_checkpoint(tmp_pat
     assert sorted(p.name for p in predictions.iterdir()) == ["config.yaml", "predictions.csv"]
     out = capsys.readouterr().out
     assert f"test: report in {report}/report.html" in out and f"predict: outputs in {predictions}" in out
+    assert "the config's logger is fit's: no TensorBoard run" in out  # the left-out logger is said, not silent
 
 
 def test_fast_dev_run_writes_nothing_where_the_user_works(tmp_path, monkeypatch):

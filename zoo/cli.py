@@ -369,6 +369,7 @@ class ZooCLI(LightningCLI):
         <DataModule>/``; without a checkpoint file, ``runs/<subcommand>_untrained_<DataModule>/``."""
         trainer = config["trainer"]
         given = self.given_trainer_arguments()
+        self.logger_left_out = "logger" not in given and trainer.get("logger") not in (None, False)
         if "logger" not in given:
             trainer["logger"] = False
         model_args = (config.get("model") or {}).get("init_args") or {}
@@ -493,7 +494,9 @@ class ZooCLI(LightningCLI):
         config["callbacks"] = configured
         trainer = super()._instantiate_trainer(config, callbacks)
         if self.subcommand in EVALUATION_SUBCOMMANDS and getattr(self, "output_dir", None) is not None:
-            print(f"{self.subcommand}: outputs in {self.output_dir}", flush=True)
+            note = (" (the config's logger is fit's: no TensorBoard run; --trainer.logger on the command line logs "
+                    "anyway)" if getattr(self, "logger_left_out", False) else "")
+            print(f"{self.subcommand}: outputs in {self.output_dir}{note}", flush=True)
         return trainer
 
     def config_file_model_arguments(self) -> set[str]:
