@@ -516,7 +516,7 @@ class _PhotoDataModule(pl.LightningDataModule):
         num_workers: int = 4,
         persistent_workers: bool | None = None,
         pin_memory: bool | None = None,
-        normalize: Literal["imagenet", "data", "none"] | None = None,
+        normalize: Literal["imagenet", "data", "weights", "none"] | None = None,
         mean: list[float] | None = None,
         std: list[float] | None = None,
         augment: bool = True,
@@ -568,9 +568,13 @@ class _PhotoDataModule(pl.LightningDataModule):
         self.auto_augment, self.random_erasing, self.crop_fraction = auto_augment, random_erasing, crop_fraction
         self.bad_input, self.verify_images, self.balance = bad_input, verify_images, balance
         # The statistics and transforms are checked now (a wrong value stops here, not at the first batch).
-        if normalize == "data" and (mean is not None or std is not None):
+        if normalize in ("data", "weights") and (mean is not None or std is not None):
             normalization_stats(normalize, mean, std, in_channels)  # raises: both set
-        self._explicit_stats = None if normalize == "data" else normalization_stats(normalize, mean, std, in_channels)
+        self._explicit_stats = (
+            None if normalize in ("data", "weights") else normalization_stats(normalize, mean, std, in_channels)
+        )
+        self.interpolation = "bilinear"  # of the evaluation resize; normalize: weights takes the weights' own
+        self.weights_preprocessing: dict[str, Any] | None = None
         # The normalization in use (None: none, or normalize: data before the statistics are computed).
         self.mean: tuple[float, ...] | None = None if self._explicit_stats is None else self._explicit_stats[0]
         self.std: tuple[float, ...] | None = None if self._explicit_stats is None else self._explicit_stats[1]
@@ -782,7 +786,47 @@ class _PhotoDataModule(pl.LightningDataModule):
         return [float(w) for w in inverse / inverse.mean()]
 
     # -- normalization -----------------------------------------------------------------------------------------------
+    def use_weights_preprocessing(
+        self, resize: int, crop: int, mean: Sequence[float], std: Sequence[float], interpolation: str = "bilinear",
+    ) -> None:
+        """``normalize: weights``: normalize with the pretrained weights' own ``mean`` / ``std``, and evaluate as
+        they were evaluated (the short side resized in the ratio ``resize / crop`` to the crop, with their
+        ``interpolation``: ``crop_fraction`` becomes ``crop / resize``). ``image_size`` stays the crop size used
+        (a note is logged when it differs from the weights' ``crop``). ``train.py`` calls this with the model's
+        ``weights_preprocessing``; in Python: ``dm.use_weights_preprocessing(**model.weights_preprocessing)``."""
+        if self.normalize != "weights":
+            raise ValueError(
+                f"use_weights_preprocessing is for normalize: weights, but normalize is {self.normalize!r}: the "
+                "weights' statistics would replace it. Fix: set normalize: weights."
+            )
+        mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+        if self.in_channels == 1 and len(mean) == 3:
+            # One-channel images through RGB weights: the average statistics, as the imagenet preset does.
+            mean, std = (round(sum(mean) / 3, 3),), (round(sum(std) / 3, 3),)
+            rank_zero_info(f"{type(self).__name__}: normalize: weights: in_channels=1, the weights' RGB mean / std "
+                           f"averaged to {mean[0]} / {std[0]}")  # fmt: skip
+        self._explicit_stats = normalization_stats(None, mean, std, self.in_channels)
+        self.mean, self.std = self._explicit_stats
+        self.crop_fraction = crop / resize
+        self.interpolation = interpolation
+        self.weights_preprocessing = {"resize": resize, "crop": crop, "mean": mean, "std": std,
+                                      "interpolation": interpolation}  # fmt: skip
+        used = min(self.image_size)
+        note = "" if used == crop else f" (image_size {used}; the weights were evaluated at {crop})"
+        rank_zero_info(
+            f"{type(self).__name__}: normalize: weights: mean {list(mean)}, std {list(std)}, evaluation resize "
+            f"{round(used / self.crop_fraction)} -> crop {used} ({interpolation}){note}"
+        )
+        self.train_set = self.val_set = self.test_set = None  # rebuilt with the new transforms at setup
+
     def _stats(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        if self.normalize == "weights" and self.weights_preprocessing is None:
+            raise ValueError(
+                f"{type(self).__name__}: normalize: weights needs the preprocessing of the model's pretrained "
+                "weights, and none was given. Fix: set the model's pretrained to a torchvision: or timm: name "
+                "(train.py passes its preprocessing on), call dm.use_weights_preprocessing(...) in Python, or set "
+                "normalize: imagenet / data."
+            )
         if self.normalize != "data":
             return self._explicit_stats
         if self.mean is None or self.std is None:
@@ -860,7 +904,7 @@ class _PhotoDataModule(pl.LightningDataModule):
 
     def eval_transform(self) -> Callable[[Any], Any]:
         """The validation / test / predict transform (resize, center crop, normalize; never random)."""
-        return photo_eval_transform(self.image_size, self._stats(), self.crop_fraction)
+        return photo_eval_transform(self.image_size, self._stats(), self.crop_fraction, self.interpolation)
 
     def setup(self, stage: str | None = None) -> None:
         splits = self.index["splits"]
@@ -968,8 +1012,10 @@ class ImageFolderDataModule(_PhotoDataModule):
         persistent_workers: keep the workers across epochs (default: whenever ``num_workers > 0``).
         pin_memory: page-locked batches for faster host-to-GPU copies (default: when CUDA is available).
         normalize: ``imagenet`` (default), ``data`` (the training split's own per-channel mean / std, computed
-            once and cached, see :meth:`data_statistics`), ``none`` (pixels in [0, 1]); or leave it unset and give
-            ``mean`` and ``std``.
+            once and cached, see :meth:`data_statistics`), ``weights`` (the model's pretrained weights' own mean,
+            std, evaluation resize ratio and interpolation, e.g. of ``torchvision:IMAGENET1K_V2``; ``train.py`` takes
+            them from the model, see :meth:`use_weights_preprocessing`), ``none`` (pixels in [0, 1]); or leave it
+            unset and give ``mean`` and ``std``.
         mean, std: explicit per-channel normalization of pixels in [0, 1].
         augment: the training augmentation (:func:`datamodules.photo_transforms.photo_train_transform`); false:
             training images get the evaluation transform. Validation and test are never augmented.
@@ -998,7 +1044,7 @@ class ImageFolderDataModule(_PhotoDataModule):
         num_workers: int = 4,
         persistent_workers: bool | None = None,
         pin_memory: bool | None = None,
-        normalize: Literal["imagenet", "data", "none"] | None = None,
+        normalize: Literal["imagenet", "data", "weights", "none"] | None = None,
         mean: list[float] | None = None,
         std: list[float] | None = None,
         augment: bool = True,
@@ -1209,7 +1255,7 @@ class ImageCSVDataModule(_PhotoDataModule):
         num_workers: int = 4,
         persistent_workers: bool | None = None,
         pin_memory: bool | None = None,
-        normalize: Literal["imagenet", "data", "none"] | None = None,
+        normalize: Literal["imagenet", "data", "weights", "none"] | None = None,
         mean: list[float] | None = None,
         std: list[float] | None = None,
         augment: bool = True,

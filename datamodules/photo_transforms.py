@@ -10,7 +10,8 @@
 * **Normalization** (:func:`normalization_stats`): the ``imagenet`` preset (mean 0.485, 0.456, 0.406 and std 0.229,
   0.224, 0.225 for RGB; for one channel their averages, 0.449 and 0.226), ``none`` (pixels stay in [0, 1]), or
   explicit per-channel ``mean`` / ``std``. The ``data`` preset (the training split's own statistics) is computed by
-  the datamodule (:mod:`datamodules.images`), which then passes them here as explicit values.
+  the datamodule (:mod:`datamodules.images`), which then passes them here as explicit values; so is ``weights``
+  (the pretrained weights' own mean, std, resize ratio and interpolation, which ``train.py`` hands the datamodule).
 
 **Why torchvision.transforms.v2 and not albumentations** (both are installed): the images arrive as ``(C, H, W)``
 tensors straight from ``torchvision.io.decode_image``, and v2 works on those tensors directly (uint8 kept through
@@ -34,7 +35,7 @@ from torchvision.transforms import v2
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 AUTO_AUGMENTS = ("none", "trivial", "rand")
-NORMALIZE_PRESETS = ("imagenet", "data", "none")
+NORMALIZE_PRESETS = ("imagenet", "data", "weights", "none")
 AutoAugment = Literal["none", "trivial", "rand"]
 ImageSize = int | Sequence[int]
 
@@ -86,7 +87,10 @@ def normalization_stats(
         return (round(sum(IMAGENET_MEAN) / 3, 3),), (round(sum(IMAGENET_STD) / 3, 3),)
     if normalize == "none":
         return None
-    raise ValueError("normalize: data is resolved by the datamodule (the training split's statistics)")
+    raise ValueError(
+        f"normalize: {normalize} is resolved by the datamodule (the training split's statistics, or the pretrained "
+        "weights' own)"
+    )
 
 
 def _per_channel(values: Sequence[float], name: str, channels: int, positive: bool = False) -> tuple[float, ...]:
@@ -151,13 +155,16 @@ def photo_eval_transform(
     image_size: ImageSize = 224,
     stats: tuple[Sequence[float], Sequence[float]] | None = (IMAGENET_MEAN, IMAGENET_STD),
     crop_fraction: float = 0.875,
+    interpolation: str = "bilinear",
 ) -> v2.Compose:
-    """The evaluation transform: short side to ``image_size / crop_fraction``, center crop, float, normalize."""
+    """The evaluation transform: short side to ``image_size / crop_fraction`` (``interpolation``: ``bilinear``,
+    ``bicubic`` or ``nearest``), center crop, float, normalize."""
     if not 0 < crop_fraction <= 1:
         raise ValueError(f"crop_fraction must be in (0, 1]; got {crop_fraction}. Fix: e.g. crop_fraction: 0.875.")
     height, width = as_size(image_size)
     short = round(min(height, width) / crop_fraction)
-    steps: list[v2.Transform] = [v2.Resize(short, antialias=True), v2.CenterCrop((height, width))]
+    mode = v2.InterpolationMode(interpolation)
+    steps: list[v2.Transform] = [v2.Resize(short, interpolation=mode, antialias=True), v2.CenterCrop((height, width))]
     return v2.Compose(steps + _finish(stats) + [v2.ToPureTensor()])
 
 

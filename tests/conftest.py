@@ -9,6 +9,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,6 +77,23 @@ def private_cache(tmp_path_factory) -> Path:
 
 
 # -- downloads: tests download only from servers they start on 127.0.0.1 ----------------------------------------
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", socket.gethostname()}
+
+
+@pytest.fixture(autouse=True)
+def _loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reaches any address outside this machine: looking up another host fails the test (a download
+    path that was meant to stay offline shows up here instead of on the internet)."""
+    real_getaddrinfo = socket.getaddrinfo
+
+    def loopback_only(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host is not None and str(host) not in LOOPBACK_HOSTS:
+            raise AssertionError(f"a test tried to reach {host} (tests may only use 127.0.0.1)")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", loopback_only)
+
+
 @contextlib.contextmanager
 def local_http_server(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
     """``http://127.0.0.1:<port>/`` answered by ``handler`` in a thread, for the block."""

@@ -160,6 +160,8 @@ def build_card(ckpt: str | Path, config: str | Path | None = None, macs: bool = 
             "class_names": list(getattr(module, "class_names", []) or []),
             "parameters": total,
             "trainable_parameters": trainable,
+            # the weights files the run's network started from (zoo.core.weight_sources records), [] when random
+            "initial_weights": list(getattr(module, "initial_weights", []) or []),
         },
         "training": {
             "epoch": info.epoch,
@@ -276,6 +278,7 @@ def render_markdown(card: dict[str, Any]) -> str:
         f"- network arguments: {m['network_kwargs'] or 'defaults'}",
         f"- {_classes(m)}; input channels: {_channels(m)}",
         f"- parameters: {m['parameters']:,} ({m['trainable_parameters']:,} trainable)",
+        f"- started from: {_initial_weights(m)}",
     ]
     if "macs" in m:
         macs = m["macs"]
@@ -339,6 +342,18 @@ def render_markdown(card: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _initial_weights(model: dict[str, Any]) -> str:
+    records = model.get("initial_weights") or []
+    if not records:
+        return "random initialisation (or a checkpoint written before the zoo recorded initial weights)"
+    parts = []
+    for r in records:
+        where = r.get("name") or r.get("url") or r.get("path")
+        extra = f" from {r['url']}" if r.get("name") and r.get("url") else ""
+        parts.append(f"`{where}`{extra} (sha256 {r.get('sha256')})")
+    return "; ".join(parts)
 
 
 def _channels(model: dict[str, Any]) -> str:

@@ -524,6 +524,7 @@ class ZooCLI(LightningCLI):
 
     def after_instantiate_classes(self) -> None:
         self._check_linked_arguments()
+        self._hand_weights_preprocessing_to_data()
         if self.subcommand != "test":
             return
         config = self.config[self.subcommand]
@@ -531,6 +532,23 @@ class ZooCLI(LightningCLI):
             from zoo.evaluation import EvaluationReport
 
             self.trainer.callbacks.append(EvaluationReport(config.get("report_dir"), ckpt_path=config.get("ckpt_path")))
+
+    def _hand_weights_preprocessing_to_data(self) -> None:
+        """``normalize: weights``: the datamodule normalizes and evaluates as the model's pretrained weights were
+        (their mean, std, resize ratio, interpolation: ``ImageClassifier.weights_preprocessing``)."""
+        datamodule = getattr(self, "datamodule", None)
+        if getattr(datamodule, "normalize", None) != "weights":
+            return
+        preprocessing = getattr(self.model, "weights_preprocessing", None)
+        if preprocessing is None:
+            pretrained = (getattr(self.model, "hparams", {}) or {}).get("pretrained")
+            raise ValueError(
+                f"data: normalize: weights takes the preprocessing of the model's pretrained weights, but "
+                f"{'pretrained is not set' if not pretrained else f'pretrained {pretrained!r} carries none (a file)'}"
+                ". Fix: set model.init_args.pretrained to a torchvision: or timm: name (e.g. "
+                "torchvision:IMAGENET1K_V2), or set data.init_args.normalize to imagenet or data."
+            )
+        datamodule.use_weights_preprocessing(**preprocessing)
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI replaces the config's model with the checkpoint's hyperparameters here; a checkpoint of another

@@ -55,8 +55,8 @@ def test_a_missing_feature_classifier_says_how_to_train_it(tmp_path):
         model.feature_extractor()
 
 
-def test_inception_features_need_a_local_weights_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="Inception weights .*not found"):
+def test_inception_features_name_the_missing_file_and_the_url_that_downloads_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="pt_inception.pth is missing.*weights-inception-2015-12-05-6726825d"):
         InceptionFeatures(tmp_path / "pt_inception.pth")
 
 

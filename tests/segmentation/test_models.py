@@ -36,8 +36,9 @@ def test_generic_smp_builder_and_any_encoder():
     assert net.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 2, 64, 64)
 
 
-def test_encoder_weights_come_only_from_a_local_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="never downloads"):
+def test_encoder_weights_load_from_a_local_file_and_a_name_stays_offline_when_told(tmp_path, monkeypatch):
+    monkeypatch.setenv("ZOO_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="smp-hub/resnet18.imagenet"):
         zoo.create_model("smp_unet", num_classes=2, in_channels=1, encoder_name="resnet18", encoder_weights="imagenet")
     source = zoo.create_model("smp_fpn", num_classes=2, in_channels=1, encoder_name="resnet18")
     path = tmp_path / "encoder.pth"

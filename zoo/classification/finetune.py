@@ -20,7 +20,7 @@ from __future__ import annotations
 import numbers
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytorch_lightning as pl
 import torch
@@ -30,6 +30,9 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from zoo.core.weights import LoadReport, load_weights
+
+if TYPE_CHECKING:
+    from zoo.core.weight_sources import ResolvedWeights
 
 # Attribute names under which torchvision / timm / the zoo keep the classifier, in lookup order.
 HEAD_ATTRIBUTES = ("fc", "classifier", "head")
@@ -136,7 +139,7 @@ def replace_head(net: nn.Module, num_classes: int) -> list[str]:
 
 def load_pretrained(
     net: nn.Module,
-    path: str | Path,
+    path: str | Path | ResolvedWeights,
     strict_head: bool = False,
     *,
     strict: bool = True,
@@ -150,7 +153,8 @@ def load_pretrained(
     Args:
         net: the network, built with the architecture that saved the file (any ``num_classes``).
         path: a local file: a plain state dict (torchvision / timm format), a dict with the state dict under
-            ``"state_dict"`` or ``"model"``, or a zoo Lightning checkpoint (its ``net.`` prefix is removed).
+            ``"state_dict"`` or ``"model"``, or a zoo Lightning checkpoint (its ``net.`` prefix is removed); a URL
+            or full library name, or what :func:`zoo.core.weight_sources.resolve_weights` returned.
         strict_head: also require the head to fit. By default a head of another shape (a different
             ``num_classes``) is skipped and keeps its fresh initialisation.
         strict, ignore, contents: as in :func:`~zoo.core.weights.load_weights`.

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -79,13 +80,15 @@ class ImageClassifier(ZooModule):
             from the trainer when not given, and steps per batch. ReduceLROnPlateau watches ``val/loss``.
         lr_scheduler_interval: ``auto`` (per step for OneCycleLR/CyclicLR, else per epoch).
         class_names: names for per-class metrics and figures; linked from the datamodule.
-        pretrained: path of a local weights file loaded into the network after it is built
-            (``zoo.classification.finetune.load_pretrained``): a torchvision / timm state dict, a
-            dict holding one under ``state_dict`` / ``model``, or a zoo checkpoint (e.g. an MNIST
-            run, to fine-tune on Fashion-MNIST). A classifier head of another ``num_classes`` is
-            left freshly initialised; any other mismatch is an error. ``load_from_checkpoint``
-            does not read this file again (the checkpoint holds the trained weights), so a
-            fine-tuned checkpoint reloads without it.
+        pretrained: the weights the network starts from (:mod:`zoo.core.weight_sources`): a local file (a
+            torchvision / timm state dict, a dict holding one under ``state_dict`` / ``model``, or a zoo checkpoint,
+            e.g. an MNIST run to fine-tune on Fashion-MNIST), a URL (``https://...#sha256=<hex>``), or a name:
+            ``torchvision:IMAGENET1K_V2`` (a member of the network's torchvision weights enum) for the networks
+            built from torchvision, ``timm:a1_in1k`` for the timm ones; downloaded once into the cache, verified by
+            hash. A classifier head of another ``num_classes`` is left freshly initialised (and reported); any other
+            mismatch is an error naming the key and both shapes. A head of the weights' own size gets their class
+            names (ImageNet's) unless ``class_names`` are given. ``load_from_checkpoint`` does not read the weights
+            again (the checkpoint holds the trained weights, and records which ones it started from).
         freeze_stages: freeze the network's first N stages (``finetune.stages``; ``-1``: all of
             them, i.e. train only the head) before training. 0 freezes nothing.
         unfreeze_at_epoch: epoch (0-based) at which the frozen stages start training, in a new
@@ -165,8 +168,10 @@ class ImageClassifier(ZooModule):
         )
         self.pretrained_report: LoadReport | None = None
         if pretrained and not self.restoring:
-            self.pretrained_report = load_pretrained(self.net, pretrained)
+            resolved = self.resolve_weights(pretrained, network)
+            self.pretrained_report = load_pretrained(self.net, resolved)
             rank_zero_info(f"{network}: {self.pretrained_report}")
+            self._use_weights_categories(resolved.source.categories, class_names, resolved.source.label)
         if freeze_stages:
             FreezeUnfreeze(freeze_stages, unfreeze_at_epoch, unfreeze_lr_factor)  # checks the arguments
             resolve_freeze_depth(self.net, freeze_stages)  # a depth beyond the stages fails here, not at fit
@@ -184,6 +189,23 @@ class ImageClassifier(ZooModule):
         # processes count as 1,000), which biases the loss under DDP.
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self._checked_stages: set[str] = set()
+
+    def _use_weights_categories(self, categories: Sequence[str] | None, given: list[str] | None, label: str) -> None:
+        """A head of the weights' own size (1000 ImageNet classes) gets the weights' class names, unless
+        ``class_names`` were given (the datamodule's win)."""
+        if given is None and categories and len(categories) == self.num_classes and self.task == "multiclass":
+            self.class_names = list(categories)
+            self.hparams["class_names"] = list(categories)  # a reloaded checkpoint names its classes too
+            rank_zero_info(f"class_names: the {len(categories)} categories of {label}")
+
+    @property
+    def weights_preprocessing(self) -> dict[str, Any] | None:
+        """The evaluation transform of the pretrained weights the network started from (resize, crop, mean, std,
+        interpolation), for a datamodule with ``normalize: weights``; None without such metadata (a local file)."""
+        for record in self.initial_weights:
+            if record.get("preprocessing"):
+                return dict(record["preprocessing"])
+        return None
 
     def _build_multiclass_metrics(self, num_classes: int) -> None:
         top5 = min(5, num_classes)

@@ -5,3 +5,8 @@ paragraph with exit code 2, and the traceback only with ``--debug`` or ``ZOO_DEB
 
 class ZooUserError(Exception):
     """A user error: raised with a message that names what is wrong, where, and the fix."""
+
+
+class PretrainedWeightsError(ZooUserError, ValueError):
+    """Weights that cannot be read, do not fit the network they are loaded into, or fail their hash check
+    (raised by :mod:`zoo.core.weights` and :mod:`zoo.core.weight_sources`)."""

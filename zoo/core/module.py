@@ -47,7 +47,8 @@ from zoo.core.checkpoint import (
 )
 from zoo.core.checks import check_model_fits_data, release_inference_metric_states
 from zoo.core.optim import as_factory, build_optimizers, factory_spec
-from zoo.core.registry import create_model
+from zoo.core.registry import create_model, get_model_entry
+from zoo.core.weight_sources import ResolvedWeights, recording_weights, resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,9 @@ class ZooModule(pl.LightningModule):
         self.lr_scheduler_interval = lr_scheduler_interval
         # True while load_from_checkpoint builds this module: weight files are not read then.
         self.restoring = is_restoring_from_checkpoint()
+        # Which weights the network started from (zoo.core.weight_sources.ResolvedWeights.record of each file
+        # read): written into every checkpoint, read back from it, shown by zoo.card and the reports.
+        self.initial_weights: list[dict[str, Any]] = []
 
     # -- the network ------------------------------------------------------------------------------------------
     def build_network(self, network: str, **kwargs: Any) -> nn.Module:
@@ -122,7 +126,20 @@ class ZooModule(pl.LightningModule):
         from a checkpoint, weight-file arguments (``weights``, ``*_weights``) are left out."""
         if self.restoring:
             kwargs = {k: (None if is_weights_argument(k) else v) for k, v in kwargs.items()}
-        return create_model(network, family=self.family, **kwargs)
+        with recording_weights() as used:
+            net = create_model(network, family=self.family, **kwargs)
+        self.initial_weights.extend(used)
+        return net
+
+    def resolve_weights(self, spec: str, network: str) -> ResolvedWeights:
+        """The verified local file of a weights argument of this module (not of the builder) for the registered
+        ``network`` (its library's names are accepted: ``torchvision:...`` for a torchvision network, ``timm:...``
+        for a timm one), recorded in :attr:`initial_weights`."""
+        source = get_model_entry(network, self.family).source
+        library = source if source in ("torchvision", "timm", "smp") else None
+        resolved = resolve_weights(spec, network=network, library=library)  # type: ignore[arg-type]
+        self.initial_weights.append(resolved.record())
+        return resolved
 
     # -- checks -----------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -156,12 +173,15 @@ class ZooModule(pl.LightningModule):
 
     # -- checkpoints ------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["zoo"] = checkpoint_identity(self)
+        checkpoint["zoo"] = {**checkpoint_identity(self), "initial_weights": list(self.initial_weights)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Called before the state dict is loaded (Trainer ckpt_path and load_from_checkpoint alike): a checkpoint
         # of another model fails here with both classes named, not with a key mismatch.
         check_checkpoint_class(checkpoint_model_class(checkpoint), type(self))
+        stored = (checkpoint.get("zoo") or {}).get("initial_weights")
+        if stored is not None:
+            self.initial_weights = list(stored)
 
     @classmethod
     def migrate_hyperparameters(cls, hparams: Mapping[str, Any]) -> dict[str, Any]:

@@ -29,15 +29,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from zoo.core.errors import ZooUserError
+from zoo.core.errors import PretrainedWeightsError
+from zoo.core.weight_sources import ResolvedWeights, resolve_weights
 
 # Key prefixes that wrap a network's own keys in other files: a zoo LightningModule keeps its network under
 # ``net``; DataParallel / DDP save ``module.``; many training scripts ``model.``.
 WRAPPER_PREFIXES = ("net.", "module.", "model.")
-
-
-class PretrainedWeightsError(ZooUserError, ValueError):
-    """A weights file that cannot be read, or does not fit the network it is loaded into."""
 
 
 def read_weights_file(path: str | Path) -> Any:
@@ -51,8 +48,8 @@ def read_weights_file(path: str | Path) -> Any:
     if not path.is_file():
         where = "a folder" if path.exists() else "missing"
         raise FileNotFoundError(
-            f"Weights file {path} is {where}. Weights are only read from local files (nothing is "
-            f"downloaded): give the path of a .pth/.pt/.ckpt/.safetensors file that exists."
+            f"Weights file {path} is {where}. Fix: give the path of a .pth/.pt/.ckpt/.safetensors file that "
+            "exists, a URL, or a name (torchvision:<Weights enum member>, timm:<tag>; see zoo.core.weight_sources)."
         )
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -112,6 +109,12 @@ def read_state_dict(path: str | Path, expected: Iterable[str] | None = None) -> 
     return state if expected is None else match_prefix(state, expected)
 
 
+def as_local_file(spec: str | Path | ResolvedWeights) -> Path:
+    """The verified local file of a weights argument: a :class:`ResolvedWeights` as resolved, anything else through
+    :func:`zoo.core.weight_sources.resolve_weights` (a local path stays as it is)."""
+    return spec.path if isinstance(spec, ResolvedWeights) else resolve_weights(spec).path
+
+
 @dataclass
 class LoadReport:
     """What :func:`load_weights` did."""
@@ -136,7 +139,7 @@ class LoadReport:
 
 def load_weights(
     net: nn.Module,
-    path: str | Path,
+    path: str | Path | ResolvedWeights,
     *,
     tolerant: Collection[str] = (),
     hints: Mapping[str, str] | None = None,
@@ -150,7 +153,9 @@ def load_weights(
         net: the network, built with the architecture that saved the file.
         path: a local file: a plain state dict (torchvision / timm format), a dict with the state dict under
             ``"state_dict"`` or ``"model"``, or a zoo Lightning checkpoint (its ``net.`` prefix is removed).
-            ``.safetensors`` files work too.
+            ``.safetensors`` files work too. A URL or a full library name (``torchvision:ResNet50_Weights.
+            IMAGENET1K_V2``, ``timm:seresnet50.a1_in1k``) is resolved first by
+            :func:`zoo.core.weight_sources.resolve_weights`, as is a :class:`ResolvedWeights` the caller resolved.
         tolerant: network keys that may be absent from the file or of another shape there (a classifier head for
             another number of classes): they keep their fresh initialisation and are listed in
             ``report.skipped_head``.
@@ -170,6 +175,7 @@ def load_weights(
             unreadable files, files sharing no key with the network and, with ``strict``, missing or unexpected
             keys.
     """
+    path = as_local_file(path) if contents is None else getattr(path, "path", path)
     target = net.state_dict()
     state = match_prefix(extract_state_dict(read_weights_file(path) if contents is None else contents, path), target)
     tolerant = set(tolerant)

@@ -49,6 +49,7 @@ from torchvision.models.detection.ssdlite import _mobilenet_extractor as _ssdlit
 from torchvision.ops import misc as misc_nn_ops
 
 from zoo.core.registry import register_model
+from zoo.core.weight_sources import is_named, parse_weights, resolve_weights
 from zoo.core.weights import LoadReport, PretrainedWeightsError, load_weights
 
 # Keys of a detector whose shapes depend on the number of classes: a whole-detector weights file
@@ -69,21 +70,25 @@ def classifier_head_keys(classifier: nn.Module) -> list[str]:
     return [f"{name}.{key}" for key in head.state_dict()]
 
 
-def load_backbone_weights(backbone: nn.Module, path: str | Path) -> LoadReport:
-    """Load a classifier's weights file (torchvision state dict or zoo checkpoint; ``.pth``, ``.ckpt``,
-    ``.safetensors``, ...) into ``backbone``, the full torchvision classifier before its feature extractor is
-    cut out. The classifier head (another number of classes) keeps its initialisation; any other mismatch is a
-    :class:`~zoo.core.weights.PretrainedWeightsError` naming the key and the file."""
-    report = load_weights(backbone, path, tolerant=classifier_head_keys(backbone), ignore=NOT_LOADED)
+def load_backbone_weights(backbone: nn.Module, path: str | Path, network: str | None = None) -> LoadReport:
+    """Load a classifier's weights (torchvision state dict or zoo checkpoint; ``.pth``, ``.ckpt``,
+    ``.safetensors``, ...; a URL, or ``torchvision:IMAGENET1K_V1`` for the torchvision classifier ``network``:
+    :func:`zoo.core.weight_sources.resolve_weights`) into ``backbone``, the full torchvision classifier before its
+    feature extractor is cut out. The classifier head (another number of classes) keeps its initialisation; any
+    other mismatch is a :class:`~zoo.core.weights.PretrainedWeightsError` naming the key and the file."""
+    resolved = resolve_weights(path, network=network, library="torchvision")
+    report = load_weights(backbone, resolved, tolerant=classifier_head_keys(backbone), ignore=NOT_LOADED)
     rank_zero_info(f"detection backbone {type(backbone).__name__}: {report}")
     return report
 
 
-def load_detector_weights(model: nn.Module, path: str | Path) -> LoadReport:
-    """Load a whole detector's weights file; class-dependent layers (:data:`CLASS_DEPENDENT_KEYS`) of another
-    shape keep their fresh initialisation and are reported (``report.skipped_head``)."""
+def load_detector_weights(model: nn.Module, path: str | Path, network: str | None = None) -> LoadReport:
+    """Load a whole detector's weights (a file, a URL, or ``torchvision:COCO_V1`` for the torchvision detector
+    ``network``); class-dependent layers (:data:`CLASS_DEPENDENT_KEYS`) of another shape keep their fresh
+    initialisation and are reported (``report.skipped_head``)."""
     class_layers = [key for key in model.state_dict() if key.startswith(CLASS_DEPENDENT_KEYS)]
-    report = load_weights(model, path, tolerant=class_layers, ignore=NOT_LOADED)
+    resolved = resolve_weights(path, network=network, library="torchvision")
+    report = load_weights(model, resolved, tolerant=class_layers, ignore=NOT_LOADED)
     rank_zero_info(f"detector {type(model).__name__}: {report}")
     return report
 
@@ -147,13 +152,13 @@ def _backbone_body(
         arch_kwargs["norm_layer"] = misc_nn_ops.FrozenBatchNorm2d if trained else nn.BatchNorm2d
     body = arch(weights=None, **arch_kwargs)
     if common.backbone_weights:
-        load_backbone_weights(body, common.backbone_weights)
+        load_backbone_weights(body, common.backbone_weights, network=arch.__name__)
     return body, trainable
 
 
-def _finish(model: Detector, common: _Common) -> Detector:
+def _finish(model: Detector, common: _Common, network: str) -> Detector:
     if common.weights:
-        load_detector_weights(model, common.weights)
+        load_detector_weights(model, common.weights, network=network)
     return model
 
 
@@ -169,7 +174,7 @@ def fasterrcnn_resnet50_fpn(common: _Common, **kwargs: Any) -> FasterRCNN:
     ``torchvision.models.detection.fasterrcnn_resnet50_fpn``."""
     body, layers = _backbone_body(resnet50, common, (5, 3), frozen_bn=True)
     model = FasterRCNN(_resnet_fpn_extractor(body, layers), common.num_classes + 1, **_rcnn_size(common, kwargs))
-    return _finish(model, common)
+    return _finish(model, common, "fasterrcnn_resnet50_fpn")
 
 
 @_detection_builder
@@ -190,7 +195,7 @@ def fasterrcnn_resnet50_fpn_v2(common: _Common, **kwargs: Any) -> FasterRCNN:
         box_head=box_head,
         **_rcnn_size(common, kwargs),
     )
-    return _finish(model, common)
+    return _finish(model, common, "fasterrcnn_resnet50_fpn_v2")
 
 
 # What torchvision's 320-px variant changes: a small input and fewer proposals at test time.
@@ -209,7 +214,8 @@ def fasterrcnn_mobilenet_v3_large_fpn(
     # torchvision puts every anchor size on each of the 3 feature maps (the last two stages + pool)
     anchors = AnchorGenerator((tuple(int(s) for s in anchor_sizes),) * 3, ((0.5, 1.0, 2.0),) * 3)
     kwargs = _rcnn_size(common, {"rpn_score_thresh": 0.05, **kwargs})
-    return _finish(FasterRCNN(backbone, common.num_classes + 1, rpn_anchor_generator=anchors, **kwargs), common)
+    model = FasterRCNN(backbone, common.num_classes + 1, rpn_anchor_generator=anchors, **kwargs)
+    return _finish(model, common, "fasterrcnn_mobilenet_v3_large_fpn")
 
 
 @_detection_builder
@@ -219,6 +225,9 @@ def fasterrcnn_mobilenet_v3_large_320_fpn(
     """Faster R-CNN (Ren et al. 2015) on MobileNetV3-Large-FPN at low resolution (320 px, fewer
     proposals: :data:`LOW_RESOLUTION`), as torchvision's ``fasterrcnn_mobilenet_v3_large_320_fpn``; see the
     800-px variant :func:`fasterrcnn_mobilenet_v3_large_fpn`, which takes the same arguments."""
+    if common.weights and is_named(common.weights):  # a short name means this variant's enum, not the 800-px one's
+        source = parse_weights(common.weights, network="fasterrcnn_mobilenet_v3_large_320_fpn", library="torchvision")
+        common = replace(common, weights=source.name or common.weights)
     return fasterrcnn_mobilenet_v3_large_fpn(
         **asdict(common), anchor_sizes=anchor_sizes, **{**LOW_RESOLUTION, **kwargs}
     )
@@ -254,7 +263,7 @@ def ssd300_vgg16(common: _Common, **kwargs: Any) -> SSD:
     model = SSD(
         _vgg_extractor(body, False, layers), anchors, (300, 300), common.num_classes + 1, **{**defaults, **kwargs}
     )
-    return _finish(_fix_ssd_size(model, common.image_size), common)
+    return _finish(_fix_ssd_size(model, common.image_size), common, "ssd300_vgg16")
 
 
 @_detection_builder
@@ -287,7 +296,7 @@ def ssdlite320_mobilenet_v3_large(common: _Common, width_mult: float = 1.0, **kw
     }
     head = SSDLiteHead(out_channels, anchors.num_anchors_per_location(), common.num_classes + 1, norm)
     model = SSD(backbone, anchors, size, common.num_classes + 1, head=head, **{**defaults, **kwargs})
-    return _finish(_fix_ssd_size(model, common.image_size), common)
+    return _finish(_fix_ssd_size(model, common.image_size), common, "ssdlite320_mobilenet_v3_large")
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

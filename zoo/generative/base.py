@@ -123,8 +123,9 @@ class GenerativeModule(ZooModule):
             the default one in the cache (``zoo.generative.features.default_feature_classifier_path``), which
             ``train.py`` trains on first use. Without it (and without ``fid_inception_weights``) FID is
             skipped and the 1-NN test runs on pixels. A missing file stops the run before the first step.
-        fid_inception_weights: path of local Inception v3 FID weights: torchmetrics' Inception
-            features instead (needs ``torch-fidelity``).
+        fid_inception_weights: the Inception v3 FID weights (a local file, or a URL such as
+            ``zoo.generative.features.FID_INCEPTION_URL``, downloaded once and hash-checked): torchmetrics'
+            Inception features instead (needs ``torch-fidelity``).
         network_kwargs: other keyword arguments of the network's builder (e.g. ``gan_mlp``'s ``dropout``);
             not those the model takes itself (``in_channels``, ``image_size``, ``latent_dim``, the width arguments).
         optimizer: any ``torch.optim`` class with its arguments (default Adam).

@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from zoo.core.weight_sources import resolve_weights
+
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 AUTO = "auto"  # fid_classifier: the default LeNet-5 features, trained once into the cache (train.py does it)
 
@@ -112,22 +114,30 @@ class ClassifierFeatures(nn.Module):
         return cls(model, mean, std)
 
 
+# torch-fidelity's release of the FID reference weights (its file name carries its sha256 prefix, 6726825d).
+FID_INCEPTION_URL = (
+    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
+)
+
+
 class InceptionFeatures(nn.Module):
-    """Inception v3 pool3 features (2048) as in Heusel et al. 2017, through torchmetrics, from a
-    local weights file (``pt_inception-2015-12-05-6726825d.pth``, the FID reference weights).
+    """Inception v3 pool3 features (2048) as in Heusel et al. 2017, through torchmetrics, from the FID reference
+    weights (``pt_inception-2015-12-05-6726825d.pth``): a local file, or a URL (:data:`FID_INCEPTION_URL`) that
+    :func:`zoo.core.weight_sources.resolve_weights` downloads once into the cache and checks by hash.
 
     Grayscale inputs are repeated to three channels; torchmetrics resizes to 299x299. Needs the
-    ``torch-fidelity`` package (``pip install torch-fidelity``); nothing is downloaded.
+    ``torch-fidelity`` package (``pip install torch-fidelity``).
     """
 
     def __init__(self, weights_path: str | Path) -> None:
         super().__init__()
-        weights_path = Path(weights_path)
-        if not weights_path.is_file():
+        try:
+            weights_path = resolve_weights(weights_path).path
+        except FileNotFoundError as err:
             raise FileNotFoundError(
-                f"Inception weights {weights_path} not found. Fix: copy the FID Inception weights "
-                "(pt_inception-2015-12-05-6726825d.pth, from torch-fidelity's release page) there."
-            )
+                f"{err} The FID Inception weights are pt_inception-2015-12-05-6726825d.pth; "
+                f"fid_inception_weights: {FID_INCEPTION_URL} downloads them."
+            ) from None
         from torchmetrics.image.fid import NoTrainInceptionV3
         from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
 

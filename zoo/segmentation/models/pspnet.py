@@ -24,7 +24,12 @@ import torch.nn.functional as F
 from segmentation_models_pytorch.encoders import get_encoder
 
 from zoo.core.registry import register_model
-from zoo.segmentation.models.smp import load_encoder_weights
+from zoo.segmentation.models.smp import (
+    adapt_first_convolution,
+    built_for_rgb,
+    load_encoder_weights,
+    resolve_encoder_weights,
+)
 
 
 def _conv_bn_relu(in_ch: int, out_ch: int, kernel_size: int) -> nn.Sequential:
@@ -63,7 +68,8 @@ class PSPNet(nn.Module):
         num_classes: output classes.
         in_channels: image channels.
         encoder_name: any smp encoder that supports ``output_stride=8`` (the ResNets do).
-        encoder_weights: path of a local weights file for the encoder, or None (random init).
+        encoder_weights: the encoder's weights (a local file, a URL, or a name: smp's ``imagenet`` for the
+            encoder, ``torchvision:...``; see :mod:`zoo.segmentation.models.smp`), or None (random init).
         bins: pyramid bin sizes (1, 2, 3, 6 in the paper).
         head_channels: channels of the 3x3 convolution after the pyramid (512 in the paper).
         aux_weight: weight of the stage-4 auxiliary loss (0.4 in the paper); 0 removes the head.
@@ -84,9 +90,15 @@ class PSPNet(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.in_channels = in_channels
-        self.encoder = get_encoder(encoder_name, in_channels=in_channels, depth=5, weights=None, output_stride=8)
-        if encoder_weights:
-            load_encoder_weights(self.encoder, encoder_weights)
+        resolved = resolve_encoder_weights(encoder_weights, encoder_name) if encoder_weights else None
+        rgb = built_for_rgb(resolved, in_channels)
+        self.encoder = get_encoder(
+            encoder_name, in_channels=3 if rgb else in_channels, depth=5, weights=None, output_stride=8
+        )
+        if resolved is not None:
+            load_encoder_weights(self.encoder, resolved)
+            if rgb:
+                adapt_first_convolution(self.encoder, in_channels, resolved.source.label)
         stage4, stage5 = self.encoder.out_channels[-2:]
         self.ppm = PyramidPoolingModule(stage5, bins)
         self.head = nn.Sequential(
