@@ -400,3 +400,32 @@ def test_the_model_card_says_which_weights_a_checkpoint_started_from(tmp_path):
     assert f"sha256 {sha}" in render_markdown(card)
     reloaded = ImageClassifier.load_from_checkpoint(ckpt)  # nothing is downloaded again: the record comes back
     assert reloaded.initial_weights[0]["sha256"] == sha
+
+
+def test_a_head_of_another_size_stays_fresh_and_is_reported_when_loading_from_a_url(tmp_path):
+    from zoo.classification import ImageClassifier
+
+    body, state = convnet_file(tmp_path, num_classes=10)
+    with local_http_server(serving({"convnet.pth": body})) as base:
+        model = ImageClassifier(network="convnet", num_classes=5, in_channels=1, pretrained=f"{base}convnet.pth")
+    assert model.pretrained_report.skipped_head and model.pretrained_report.loaded
+    first = model.pretrained_report.loaded[0]
+    torch.testing.assert_close(model.net.state_dict()[first], state[first])
+
+
+@pytest.mark.parametrize(
+    ("network", "argument", "spec", "file_name"),
+    [
+        ("fasterrcnn_mobilenet_v3_large_fpn", "backbone_weights", "torchvision:IMAGENET1K_V1",
+         "mobilenet_v3_large-8738ca79.pth"),  # the backbone's own enum
+        ("fasterrcnn_mobilenet_v3_large_320_fpn", "weights", "torchvision:COCO_V1",
+         "fasterrcnn_mobilenet_v3_large_320_fpn-907ea3f9.pth"),  # the 320-px variant's enum, not the 800-px one's
+        ("ssdlite320_mobilenet_v3_large", "weights", "torchvision:DEFAULT",
+         "ssdlite320_mobilenet_v3_large_coco-a79551df.pth"),
+    ],
+)
+def test_detector_weight_names_resolve_against_the_right_enum(monkeypatch, isolated_cache, network, argument, spec,
+                                                              file_name):
+    monkeypatch.setenv("ZOO_OFFLINE", "1")
+    with pytest.raises(WeightsNotAvailableError, match=str(isolated_cache / file_name)):
+        zoo.create_model(network, family="detection", num_classes=3, **{argument: spec})
