@@ -102,7 +102,7 @@ def test_other_families_do_not_import_classification(family):
 
 
 # What the library may import from the data layer: preprocessing that belongs to the data (the U-Net weight maps).
-DATA_PREPROCESSING = {"datamodules.weight_maps"}
+DATA_PREPROCESSING = {"datamodules.weight_maps", "datamodules.instance_targets"}
 # Command-line tools of the top layer, which build datamodules for the user.
 SCRIPTS = {"zoo.cli", "zoo.evaluation.fid_features"}
 

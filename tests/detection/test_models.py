@@ -14,11 +14,17 @@ IMAGE_SIZE = {"ssd300_vgg16": 300}
 SIZES = [(64, 80), (72, 64)]  # (H, W): inputs of different sizes in one batch
 
 
-def _targets() -> list[dict[str, torch.Tensor]]:
-    return [
+def _targets(masks: bool = False) -> list[dict[str, torch.Tensor]]:
+    targets = [
         {"boxes": torch.tensor([[4.0, 6.0, 40.0, 50.0], [30.0, 10.0, 70.0, 30.0]]), "labels": torch.tensor([1, 3])},
         {"boxes": torch.zeros((0, 4)), "labels": torch.zeros(0, dtype=torch.int64)},  # a negative image
     ]
+    if masks:  # Mask R-CNN: each object's mask fills its box
+        for target, (h, w) in zip(targets, SIZES, strict=True):
+            target["masks"] = torch.zeros((len(target["boxes"]), h, w), dtype=torch.uint8)
+            for mask, (x1, y1, x2, y2) in zip(target["masks"], target["boxes"].int().tolist(), strict=True):
+                mask[y1:y2, x1:x2] = 1
+    return targets
 
 
 def _num_scores(net: torch.nn.Module) -> int:
@@ -35,7 +41,7 @@ def test_detector_trains_and_predicts_at_a_small_size(name: str) -> None:
     images = [torch.rand(3, h, w) for h, w in SIZES]
 
     net.train()
-    losses = net(images, _targets())
+    losses = net(images, _targets(masks=name.startswith("maskrcnn")))
     assert losses and all(torch.isfinite(v) and v.requires_grad for v in losses.values()), losses
     sum(losses.values()).backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())

@@ -21,6 +21,9 @@ DETECTION_MODELS = [
     "fasterrcnn_mobilenet_v3_large_fpn",
     "fasterrcnn_resnet50_fpn",
     "fasterrcnn_resnet50_fpn_v2",
+    "maskrcnn_mobilenet_v3_large_fpn",
+    "maskrcnn_resnet50_fpn",
+    "maskrcnn_resnet50_fpn_v2",
     "ssd300_vgg16",
     "ssdlite320_mobilenet_v3_large",
 ]

@@ -1,4 +1,5 @@
-"""Object detection: torchvision's Faster R-CNN and SSD (``zoo.detection.models``), detection
+"""Object detection and instance segmentation: torchvision's Faster R-CNN, SSD and Mask R-CNN (``zoo.detection.models``,
+:class:`InstanceDetector`), detection
 metrics (IoU, TP/FP matching, PR curves, confusion matrix, COCO mAP), :class:`ObjectDetector` and the figures
 its validation grid, its predictions and the detection report draw (``zoo.detection.plots``).
 
@@ -16,11 +17,13 @@ from zoo.detection.metrics import (
     precision_recall_curves,
 )
 from zoo.detection.models import load_backbone_weights, load_detector_weights
+from zoo.detection.instances import InstanceDetector
 from zoo.detection.module import ObjectDetector
 from zoo.detection.plots import draw_detections, plot_pr_curves
 
 __all__ = [
     "COCOMetrics",
+    "InstanceDetector",
     "ObjectDetector",
     "PRCurve",
     "box_iou",

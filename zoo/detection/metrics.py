@@ -17,19 +17,17 @@ What is written here and what is used:
   false positive, unless it lies in a crowd region of its class (intersection / detection area >=
   threshold: ignored). Ground-truth boxes left unmatched are false negatives. Hand-written because
   torchvision/torchmetrics expose no per-detection verdicts.
-- :func:`coco_map` is COCOeval (``faster-coco-eval``'s C++ implementation by default, or
-  ``pycocotools``), fed directly; :class:`COCOMetrics` is a torchmetrics ``Metric`` that gathers
-  predictions and targets across processes (DDP) and calls it, so the numbers do not depend on the
-  number of devices.
+- :func:`coco_map` is COCOeval (``faster-coco-eval``'s C++ implementation by default, or ``pycocotools``), fed
+  directly through :mod:`zoo.core.coco` (shared with the instance masks' metrics); :class:`COCOMetrics` is a
+  torchmetrics ``Metric`` that gathers predictions and targets across processes (DDP) and calls it, so the
+  numbers do not depend on the number of devices.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,24 +35,17 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchvision.ops import box_area, box_iou
 
-Backend = Literal["faster_coco_eval", "pycocotools"]
-# The 12 numbers of COCOeval.summarize() for boxes, in its order (``stats``).
-# COCOeval.summarize()'s twelve lines, in its order: (key of the result, AP or AR, IoU, area, max detections)
-COCO_SUMMARY = (
-    ("map", "AP", "0.50:0.95", "all", 100),
-    ("map_50", "AP", "0.50", "all", 100),
-    ("map_75", "AP", "0.75", "all", 100),
-    ("map_small", "AP", "0.50:0.95", "small", 100),
-    ("map_medium", "AP", "0.50:0.95", "medium", 100),
-    ("map_large", "AP", "0.50:0.95", "large", 100),
-    ("mar_1", "AR", "0.50:0.95", "all", 1),
-    ("mar_10", "AR", "0.50:0.95", "all", 10),
-    ("mar_100", "AR", "0.50:0.95", "all", 100),
-    ("mar_small", "AR", "0.50:0.95", "small", 100),
-    ("mar_medium", "AR", "0.50:0.95", "medium", 100),
-    ("mar_large", "AR", "0.50:0.95", "large", 100),
+from zoo.core.coco import (  # noqa: F401  (COCO_SUMMARY, COCO_STAT_NAMES, Backend: re-exported for the tools)
+    COCO_STAT_NAMES,
+    COCO_SUMMARY,
+    Backend,
+    gather_per_image_lists,
+    run_cocoeval,
+    summarize_cocoeval,
 )
-COCO_STAT_NAMES = tuple(row[0] for row in COCO_SUMMARY)  # the keys of COCOeval.stats, in its order
+
+# The per-image list states of COCOMetrics (gathered whole across processes).
+STATES = ("pred_boxes", "pred_scores", "pred_labels", "gt_boxes", "gt_labels", "gt_crowd", "gt_area")
 
 
 def class_name(label: int, class_names: Sequence[str] | None) -> str:
@@ -307,60 +298,6 @@ def to_coco_dicts(
     return gt, results
 
 
-def run_cocoeval(gt: dict[str, Any], results: np.ndarray, backend: Backend = "faster_coco_eval") -> Any:
-    """COCOeval (boxes) of a ground-truth dataset dict and an ``N x 7`` result array, evaluated,
-    accumulated and summarized (its printout swallowed); returns the COCOeval object."""
-    if backend == "faster_coco_eval":
-        from faster_coco_eval import COCO
-        from faster_coco_eval import COCOeval_faster as COCOeval
-    elif backend == "pycocotools":
-        from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
-    else:
-        raise ValueError(f"backend must be 'faster_coco_eval' or 'pycocotools', got {backend!r}")
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = gt
-        coco_gt.createIndex()
-        if len(results):
-            coco_dt = coco_gt.loadRes(results)
-        else:  # loadRes fails on no detections: an empty result set scores 0 on every class with objects
-            coco_dt = COCO()
-            coco_dt.dataset = {"images": gt["images"], "annotations": [], "categories": gt["categories"]}
-            coco_dt.createIndex()
-        evaluator = COCOeval(coco_gt, coco_dt, "bbox")
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return evaluator
-
-
-def summarize_cocoeval(evaluator: Any, category_ids: list[int] | None = None) -> dict[str, Any]:
-    """The 12 COCO numbers plus per-class AP (IoU .5:.95), AP@.5 and AR@100 (all areas) from an
-    evaluated COCOeval, read from its ``eval["precision"]`` ``(T, R, K, A, M)`` and ``eval["recall"]``
-    ``(T, K, A, M)`` arrays the way ``summarize`` reads them; -1 where a class has no objects."""
-    out: dict[str, Any] = {name: float(v) for name, v in zip(COCO_STAT_NAMES, evaluator.stats, strict=False)}
-    precision = np.asarray(evaluator.eval["precision"])
-    recall = np.asarray(evaluator.eval["recall"])
-    cat_ids = list(evaluator.params.catIds)
-
-    def mean_valid(a: np.ndarray) -> float:
-        valid = a[a > -1]
-        return float(valid.mean()) if valid.size else -1.0
-
-    per_class = {}
-    for k, cat_id in enumerate(cat_ids):
-        per_class[int(cat_id)] = {
-            "ap": mean_valid(precision[:, :, k, 0, -1]),
-            "ap_50": mean_valid(precision[0, :, k, 0, -1]),
-            "ar_100": mean_valid(recall[:, k, 0, -1]),
-        }
-    out["per_class"] = per_class
-    # the interpolated PR curve at IoU .5, all areas, 100 detections: COCO's own, per class
-    out["pr_curve_50"] = {int(c): precision[0, :, k, 0, -1].copy() for k, c in enumerate(cat_ids)}
-    return out
-
-
 def coco_map(
     preds: list[dict[str, Tensor]],
     targets: list[dict[str, Tensor]],
@@ -407,7 +344,7 @@ class COCOMetrics(Metric):
         self.iou_threshold = iou_threshold
         self.score_threshold = score_threshold
         self.extended = extended
-        for name in ("pred_boxes", "pred_scores", "pred_labels", "gt_boxes", "gt_labels", "gt_crowd", "gt_area"):
+        for name in STATES:
             self.add_state(name, default=[], dist_reduce_fx=None)
 
     def update(self, preds: list[dict[str, Tensor]], targets: list[dict[str, Tensor]]) -> None:  # type: ignore[override]
@@ -433,13 +370,7 @@ class COCOMetrics(Metric):
         # torchmetrics gathers a list state one element at a time: with one tensor per image and processes holding
         # different numbers of images (an uneven last round), the collectives do not pair up and DDP fails or hangs.
         # Gather each process's per-image lists whole instead (one object all-gather per state), rank by rank.
-        import torch.distributed as dist
-
-        group = process_group or self.process_group
-        for name in ("pred_boxes", "pred_scores", "pred_labels", "gt_boxes", "gt_labels", "gt_crowd", "gt_area"):
-            gathered: list[Any] = [None] * dist.get_world_size(group)
-            dist.all_gather_object(gathered, [t.cpu() for t in getattr(self, name)], group=group)
-            setattr(self, name, [t.to(self.device) for part in gathered for t in part])
+        gather_per_image_lists(self, STATES, process_group or self.process_group)
 
     def _lists(self) -> tuple[list[dict[str, Tensor]], list[dict[str, Tensor]]]:
         preds = [

@@ -43,6 +43,7 @@ from torchvision.models.detection.backbone_utils import (
     _validate_trainable_layers,
 )
 from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNConvFCHead, RPNHead
+from torchvision.models.detection.mask_rcnn import MaskRCNN, MaskRCNNHeads
 from torchvision.models.detection.ssd import SSD, _vgg_extractor
 from torchvision.models.detection.ssdlite import SSDLiteHead, _normal_init
 from torchvision.models.detection.ssdlite import _mobilenet_extractor as _ssdlite_extractor
@@ -54,7 +55,9 @@ from zoo.core.weights import LoadReport, PretrainedWeightsError, load_weights
 
 # Keys of a detector whose shapes depend on the number of classes: a whole-detector weights file
 # trained on another label set loads everything but these.
-CLASS_DEPENDENT_KEYS = ("roi_heads.box_predictor.", "head.classification_head.")
+CLASS_DEPENDENT_KEYS = (
+    "roi_heads.box_predictor.", "head.classification_head.", "roi_heads.mask_predictor.mask_fcn_logits.",
+)
 # Frozen batch norm (a pretrained backbone's) has no num_batches_tracked counter: left out both ways.
 NOT_LOADED = ("*num_batches_tracked",)
 Detector = TypeVar("Detector", bound=nn.Module)
@@ -299,6 +302,62 @@ def ssdlite320_mobilenet_v3_large(common: _Common, width_mult: float = 1.0, **kw
     return _finish(_fix_ssd_size(model, common.image_size), common, "ssdlite320_mobilenet_v3_large")
 
 
+# -- Mask R-CNN (He, Gkioxari, Dollar, Girshick 2017): Faster R-CNN + a per-RoI mask head (sec. 3) --------------------
+
+
+@_detection_builder
+def maskrcnn_resnet50_fpn(common: _Common, **kwargs: Any) -> MaskRCNN:
+    """Mask R-CNN (He et al. 2017) with a ResNet-50-FPN backbone, as torchvision's ``maskrcnn_resnet50_fpn``:
+    Faster R-CNN plus a four-conv FCN mask head on 14x14 RoIAlign features predicting one 28x28 mask per class
+    (sec. 3, fig. 4 right)."""
+    body, layers = _backbone_body(resnet50, common, (5, 3), frozen_bn=True)
+    model = MaskRCNN(_resnet_fpn_extractor(body, layers), common.num_classes + 1, **_rcnn_size(common, kwargs))
+    return _finish(model, common, "maskrcnn_resnet50_fpn")
+
+
+@_detection_builder
+def maskrcnn_resnet50_fpn_v2(common: _Common, **kwargs: Any) -> MaskRCNN:
+    """Mask R-CNN v2 (Li et al. 2021, "Benchmarking detection transfer learning with ViTs"): the v2 Faster R-CNN
+    (two-conv RPN head, 4-conv + 1-FC box head with batch norm) and a batch-normed mask head; as torchvision's
+    ``maskrcnn_resnet50_fpn_v2``."""
+    body, layers = _backbone_body(resnet50, common, (5, 3))
+    backbone = _resnet_fpn_extractor(body, layers, norm_layer=nn.BatchNorm2d)
+    anchor_generator = AnchorGenerator(((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5)
+    rpn_head = RPNHead(backbone.out_channels, anchor_generator.num_anchors_per_location()[0], conv_depth=2)
+    box_head = FastRCNNConvFCHead((backbone.out_channels, 7, 7), [256] * 4, [1024], norm_layer=nn.BatchNorm2d)
+    mask_head = MaskRCNNHeads(backbone.out_channels, [256] * 4, 1, norm_layer=nn.BatchNorm2d)
+    model = MaskRCNN(
+        backbone, common.num_classes + 1, rpn_anchor_generator=anchor_generator, rpn_head=rpn_head,
+        box_head=box_head, mask_head=mask_head, **_rcnn_size(common, kwargs),
+    )  # fmt: skip
+    return _finish(model, common, "maskrcnn_resnet50_fpn_v2")
+
+
+@_detection_builder
+def maskrcnn_mobilenet_v3_large_fpn(
+    common: _Common, anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512), **kwargs: Any
+) -> MaskRCNN:
+    """Mask R-CNN (He et al. 2017) on the MobileNetV3-Large-FPN backbone of torchvision's
+    ``fasterrcnn_mobilenet_v3_large_fpn`` (Howard et al. 2019): the variant a CPU can train. torchvision has no
+    such builder, so there are no whole-model weights for it; ``backbone_weights`` takes MobileNetV3-Large's
+    ImageNet weights (``torchvision:IMAGENET1K_V1``) and ``weights`` a Faster R-CNN MobileNetV3 file (its box
+    layers load, the mask head stays fresh, reported), e.g. ``torchvision:FasterRCNN_MobileNet_V3_Large_FPN_Weights.
+    COCO_V1``. ``anchor_sizes``: anchor sides in pixels (small nuclei want ``[8, 16, 32, 64, 128]``)."""
+    body, layers = _backbone_body(mobilenet_v3_large, common, (6, 3), frozen_bn=True)
+    backbone = _mobilenet_extractor(body, True, layers)
+    anchors = AnchorGenerator((tuple(int(s) for s in anchor_sizes),) * 3, ((0.5, 1.0, 2.0),) * 3)
+    kwargs = _rcnn_size(common, {"rpn_score_thresh": 0.05, **kwargs})
+    model = MaskRCNN(backbone, common.num_classes + 1, rpn_anchor_generator=anchors, **kwargs)
+    if common.weights:
+        report = load_weights(model, resolve_weights(common.weights, network="fasterrcnn_mobilenet_v3_large_fpn",
+                                                     library="torchvision"),
+                              tolerant=[k for k in model.state_dict() if k.startswith((*CLASS_DEPENDENT_KEYS,
+                                                                                         "roi_heads.mask_"))],
+                              strict=False, ignore=NOT_LOADED)  # fmt: skip
+        rank_zero_info(f"detector MaskRCNN: {report}")
+    return model
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(all, trainable) parameter counts."""
     params = list(model.parameters())
@@ -316,6 +375,9 @@ __all__ = [
     "fasterrcnn_resnet50_fpn_v2",
     "load_backbone_weights",
     "load_detector_weights",
+    "maskrcnn_mobilenet_v3_large_fpn",
+    "maskrcnn_resnet50_fpn",
+    "maskrcnn_resnet50_fpn_v2",
     "ssd300_vgg16",
     "ssdlite320_mobilenet_v3_large",
 ]

@@ -16,6 +16,8 @@ IoU and Dice per class come from torchmetrics (``MulticlassJaccardIndex``,
   merge scores computed from the contingency table of the two labelings. Same definition as
   ``skimage.metrics.adapted_rand_error`` (the tests check that they agree), written here with numpy
   so that scikit-image is not a runtime dependency.
+* The **2018 Data Science Bowl score** of instance label images lives in :mod:`zoo.core.instance_metrics` (both
+  instance routes, Mask R-CNN and the U-Net's instances, are scored with it).
 """
 
 from __future__ import annotations

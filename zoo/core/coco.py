@@ -1,0 +1,121 @@
+"""COCOeval, fed directly, for boxes and masks: what the detection family's box metrics and the instance metrics of
+both instance routes (Mask R-CNN, the U-Net's post-processed instances) share (Lin et al. 2014, "Microsoft COCO",
+sec. 5, and the cocodataset.org detection-eval page).
+
+- :func:`run_cocoeval`: a ground-truth dataset dict and results (an ``N x 7`` box array, or a list of result dicts
+  with RLE ``segmentation``) through ``faster-coco-eval`` (C++, default) or ``pycocotools``, ``iouType`` ``bbox`` or
+  ``segm``.
+- :func:`summarize_cocoeval`: the 12 numbers of ``COCOeval.summarize`` plus per-class AP / AP@.5 / AR@100.
+- :func:`gather_per_image_lists`: a torchmetrics metric's per-image list states gathered whole across processes (one
+  object all-gather per state), so COCO numbers do not depend on the number of devices.
+
+Written here because neither library offers these conversions for tensors; the evaluation itself is the libraries'.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+Backend = Literal["faster_coco_eval", "pycocotools"]
+IouType = Literal["bbox", "segm"]
+# The 12 numbers of COCOeval.summarize() for boxes, in its order (``stats``).
+# COCOeval.summarize()'s twelve lines, in its order: (key of the result, AP or AR, IoU, area, max detections)
+COCO_SUMMARY = (
+    ("map", "AP", "0.50:0.95", "all", 100),
+    ("map_50", "AP", "0.50", "all", 100),
+    ("map_75", "AP", "0.75", "all", 100),
+    ("map_small", "AP", "0.50:0.95", "small", 100),
+    ("map_medium", "AP", "0.50:0.95", "medium", 100),
+    ("map_large", "AP", "0.50:0.95", "large", 100),
+    ("mar_1", "AR", "0.50:0.95", "all", 1),
+    ("mar_10", "AR", "0.50:0.95", "all", 10),
+    ("mar_100", "AR", "0.50:0.95", "all", 100),
+    ("mar_small", "AR", "0.50:0.95", "small", 100),
+    ("mar_medium", "AR", "0.50:0.95", "medium", 100),
+    ("mar_large", "AR", "0.50:0.95", "large", 100),
+)
+COCO_STAT_NAMES = tuple(row[0] for row in COCO_SUMMARY)  # the keys of COCOeval.stats, in its order
+
+
+def run_cocoeval(
+    gt: dict[str, Any], results: np.ndarray | list[dict[str, Any]], backend: Backend = "faster_coco_eval",
+    iou_type: IouType = "bbox",
+) -> Any:
+    """COCOeval of a ground-truth dataset dict and results (an ``N x 7`` box array, or result dicts, with RLE
+    ``segmentation`` for ``iou_type="segm"``), evaluated, accumulated and summarized (its printout swallowed);
+    returns the COCOeval object."""
+    if backend == "faster_coco_eval":
+        from faster_coco_eval import COCO
+        from faster_coco_eval import COCOeval_faster as COCOeval
+    elif backend == "pycocotools":
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    else:
+        raise ValueError(f"backend must be 'faster_coco_eval' or 'pycocotools', got {backend!r}")
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = gt
+        coco_gt.createIndex()
+        if len(results):
+            coco_dt = coco_gt.loadRes(results)
+        else:  # loadRes fails on no detections: an empty result set scores 0 on every class with objects
+            coco_dt = COCO()
+            coco_dt.dataset = {"images": gt["images"], "annotations": [], "categories": gt["categories"]}
+            coco_dt.createIndex()
+        evaluator = COCOeval(coco_gt, coco_dt, iou_type)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return evaluator
+
+
+def summarize_cocoeval(evaluator: Any, category_ids: list[int] | None = None) -> dict[str, Any]:
+    """The 12 COCO numbers plus per-class AP (IoU .5:.95), AP@.5 and AR@100 (all areas) from an
+    evaluated COCOeval, read from its ``eval["precision"]`` ``(T, R, K, A, M)`` and ``eval["recall"]``
+    ``(T, K, A, M)`` arrays the way ``summarize`` reads them; -1 where a class has no objects."""
+    out: dict[str, Any] = {name: float(v) for name, v in zip(COCO_STAT_NAMES, evaluator.stats, strict=False)}
+    precision = np.asarray(evaluator.eval["precision"])
+    recall = np.asarray(evaluator.eval["recall"])
+    cat_ids = list(evaluator.params.catIds)
+
+    def mean_valid(a: np.ndarray) -> float:
+        valid = a[a > -1]
+        return float(valid.mean()) if valid.size else -1.0
+
+    per_class = {}
+    for k, cat_id in enumerate(cat_ids):
+        per_class[int(cat_id)] = {
+            "ap": mean_valid(precision[:, :, k, 0, -1]),
+            "ap_50": mean_valid(precision[0, :, k, 0, -1]),
+            "ar_100": mean_valid(recall[:, k, 0, -1]),
+        }
+    out["per_class"] = per_class
+    # the interpolated PR curve at IoU .5, all areas, 100 detections: COCO's own, per class
+    out["pr_curve_50"] = {int(c): precision[0, :, k, 0, -1].copy() for k, c in enumerate(cat_ids)}
+    return out
+
+
+def gather_per_image_lists(metric: Any, names: Sequence[str], group: Any = None) -> None:
+    """Replace each list state ``names`` of ``metric`` by the concatenation of every process's list, rank by rank.
+
+    torchmetrics gathers a list state one element at a time: with one tensor per image and processes holding
+    different numbers of images (an uneven last round), the collectives do not pair up and DDP fails or hangs."""
+    import torch.distributed as dist
+
+    for name in names:
+        gathered: list[Any] = [None] * dist.get_world_size(group)
+        dist.all_gather_object(gathered, [_to_cpu(t) for t in getattr(metric, name)], group=group)
+        setattr(metric, name, [_to_device(t, metric.device) for part in gathered for t in part])
+
+
+def _to_cpu(value: Any) -> Any:
+    return value.cpu() if hasattr(value, "cpu") else value
+
+
+def _to_device(value: Any, device: Any) -> Any:
+    return value.to(device) if hasattr(value, "to") else value
