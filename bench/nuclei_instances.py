@@ -40,7 +40,15 @@ import pytorch_lightning as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench._common import RESULTS, TimeBudget, data_dir, markdown_table, validation_metrics, write_json  # noqa: E402
+from bench._common import (  # noqa: E402
+    RESULTS,
+    TimeBudget,
+    cache_dir,
+    data_dir,
+    markdown_table,
+    validation_metrics,
+    write_json,
+)
 
 ROUTES = ("maskrcnn", "unet3", "unet_weightmap", "unet2", "baselines")
 PART = "nuclei_instances_{route}"
@@ -105,16 +113,48 @@ def train_route(args: argparse.Namespace) -> dict[str, Any]:
         max_lr = model._bench_lr
     budget = TimeBudget(args.minutes * 60, max_lr=max_lr, warmup=0.05)
     trainer, train_s = budget.fit(model, dm, max_epochs=100_000, log_every_n_steps=10)
+    checkpoint = cache_dir() / f"nuclei_instances_{args.route}.ckpt"
+    trainer.save_checkpoint(checkpoint)  # the last weights: `train.py test --ckpt_path` writes their full report
     start = time.perf_counter()
     metrics = validation_metrics(model, dm)
     evaluation_s = time.perf_counter() - start
+    args.trained = (model, dm)  # for the figure, drawn after the results are written
     return {
         "route": args.route, "minutes": args.minutes, "threads": torch.get_num_threads(),
         "train_seconds": round(train_s, 1), "steps": trainer.global_step, "evaluation_seconds": round(evaluation_s, 1),
         "dsb_score": metrics.get("val/dsb_score"), "mask_map": metrics.get("val/mask_map"),
         "mask_map_50": metrics.get("val/mask_map_50"), "f1_50": metrics.get("val/f1_50"),
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": sum(p.numel() for p in model.parameters()), "checkpoint": str(checkpoint),
     }  # fmt: skip
+
+
+def save_figure(model: pl.LightningModule, dm: pl.LightningDataModule, path: Path) -> None:
+    """Outlines of the true (green) and predicted (yellow) nuclei on the validation image with the most nuclei
+    touching (the most objects per pixel), side by side with the image."""
+    from PIL import Image
+
+    from datamodules.instance_targets import labels_from_masks
+    from zoo.core.instances import draw_outlines
+
+    model.eval()
+    loader = dm.val_dataloader()
+    best = None
+    for batch in loader:
+        for image, target in zip(batch["images"], batch["targets"], strict=True):
+            density = len(target["masks"]) / image.shape[-1] / image.shape[-2]
+            if best is None or density > best[0]:
+                best = (density, image, target)
+    assert best is not None
+    _, image, target = best
+    with torch.no_grad():
+        if hasattr(model, "instance_labels"):  # Mask R-CNN
+            labels, _ = model.instance_labels(model.net([image])[0])
+        else:
+            labels = model.predict_instances(image[None])[0]
+    truth = labels_from_masks(target["masks"].numpy())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(draw_outlines(image, labels.cpu().numpy(), truth)).save(path)
+    print(f"wrote {path}")
 
 
 def baselines(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -193,6 +233,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--figure", default=None, help="save outlines on a validation image to this PNG")
     args = parser.parse_args()
     if args.collect:
         collect(args.out)
@@ -204,8 +245,11 @@ def main() -> None:
     rows = baselines(args) if args.route == "baselines" else [train_route(args)]
     for row in rows:
         print(json.dumps(row))
+    trained = vars(args).pop("trained", None)
     path = write_json(PART.format(route=args.route), {"args": vars(args), "results": rows}, args.out)
     print(f"wrote {path}")
+    if args.figure and trained is not None:
+        save_figure(*trained, Path(args.figure))
 
 
 if __name__ == "__main__":

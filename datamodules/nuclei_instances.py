@@ -45,6 +45,7 @@ from datamodules.segmentation import (
     DSB2018DataModule,
     SegmentationDataError,
     check_same_size,
+    list_images,
     read_image,
     read_mask,
     split_indices,
@@ -229,6 +230,21 @@ class NucleiImages(Dataset):
         return _image_tensor(sample.image), instance_target(masks, sample.image_id), str(sample.path)
 
 
+class FolderImages(Dataset):
+    """Any folder's images, whole, for ``predict`` (no masks needed): the target holds only ``image_id`` (the
+    image's position + 1 in natural name order)."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Target, str]:
+        image = read_image(self.paths[index], 3)
+        return _image_tensor(image), {"image_id": torch.tensor(index + 1)}, str(self.paths[index])
+
+
 def collate_instances(batch: list[tuple[torch.Tensor, Target, str]]) -> dict[str, Any]:
     """A batch as lists, detection style: ``{"images": [...], "targets": [...], "paths": [...]}``
     (:func:`datamodules.coco.collate_detection`, what the detection module takes)."""
@@ -253,6 +269,8 @@ class NucleiInstanceDataModule(pl.LightningDataModule):
         batch_size, eval_batch_size: training and validation / test batch sizes (batches are lists).
         num_workers: DataLoader worker processes (images are decoded once, at setup).
         augment: random flips and 90-degree rotations of the training windows (never of evaluation images).
+        predict_dir: a folder of images (any size, PNG / JPEG / TIFF ...; RGB or converted to it) that ``predict``
+            segments; default: the validation images.
     """
 
     in_channels = 3
@@ -269,6 +287,7 @@ class NucleiInstanceDataModule(pl.LightningDataModule):
         eval_batch_size: int = 1,
         num_workers: int = 0,
         augment: bool = True,
+        predict_dir: str | None = None,
     ) -> None:
         super().__init__()
         for name, value, least in (("crop_size", crop_size, 1), ("crops_per_image", crops_per_image, 1),
@@ -281,6 +300,7 @@ class NucleiInstanceDataModule(pl.LightningDataModule):
         self.crop_size, self.crops_per_image = crop_size, crops_per_image
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.augment = augment
+        self.predict_dir = predict_dir
         self.train_images: list[NucleiImage] | None = None
         self.val_images: list[NucleiImage] | None = None
         self.train_set: NucleiCrops | None = None
@@ -355,11 +375,24 @@ class NucleiInstanceDataModule(pl.LightningDataModule):
         return self.val_dataloader()
 
     def predict_dataloader(self) -> DataLoader:
-        """The validation images."""
-        return self.val_dataloader()
+        """The images of ``predict_dir``, else the validation images."""
+        if self.predict_dir is None:
+            return self.val_dataloader()
+        folder = Path(self.predict_dir).expanduser()
+        try:
+            paths = list_images(folder) if folder.is_dir() else []
+        except FileNotFoundError:  # list_images' own answer to a folder without images
+            paths = []
+        if not paths:
+            raise SegmentationDataError(
+                f"predict_dir {folder} {'holds no images' if folder.is_dir() else 'is not a folder'}. Fix: point "
+                "--data.init_args.predict_dir at a folder of images (PNG, JPEG, TIFF, ...)."
+            )
+        return make_split_loader(FolderImages(paths), self.eval_batch_size, False, self.num_workers, collate_instances)
 
 
 __all__ = [
+    "FolderImages",
     "NucleiCrops",
     "NucleiImage",
     "NucleiImages",

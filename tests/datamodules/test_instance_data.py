@@ -318,3 +318,21 @@ def test_nuclei_empty_mask_file_counted_not_silently_dropped(tmp_path: Path) -> 
     image, target, _ = dm.train_set[0]
     assert sorted(image.shape[1:]) == [30, 40] and len(target["masks"]) == 1  # smaller than the crop: whole
     assert_boxes_are_mask_extents(target)
+
+
+def test_predict_dir_serves_any_folders_images_whole_and_refuses_an_empty_one(tmp_path):
+    from PIL import Image
+
+    from datamodules.nuclei_instances import NucleiInstanceDataModule
+    from datamodules.segmentation import SegmentationDataError
+
+    (tmp_path / "photos").mkdir()
+    Image.new("L", (70, 50), 128).save(tmp_path / "photos" / "b.png")
+    Image.new("RGB", (40, 30), (1, 2, 3)).save(tmp_path / "photos" / "a.jpg")
+    batches = list(NucleiInstanceDataModule(predict_dir=str(tmp_path / "photos")).predict_dataloader())
+    images = [image for batch in batches for image in batch["images"]]
+    assert [tuple(i.shape) for i in images] == [(3, 30, 40), (3, 50, 70)]  # natural name order, whole, RGB
+    assert [int(t["image_id"]) for batch in batches for t in batch["targets"]] == [1, 2]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SegmentationDataError, match="holds no images"):
+        NucleiInstanceDataModule(predict_dir=str(tmp_path / "empty")).predict_dataloader()
