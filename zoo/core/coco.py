@@ -7,7 +7,9 @@ sec. 5, and the cocodataset.org detection-eval page).
   ``segm``.
 - :func:`summarize_cocoeval`: the 12 numbers of ``COCOeval.summarize`` plus per-class AP / AP@.5 / AR@100.
 - :func:`gather_per_image_lists`: a torchmetrics metric's per-image list states gathered whole across processes (one
-  object all-gather per state), so COCO numbers do not depend on the number of devices.
+  object all-gather per state), and :func:`canonical_image_order`: the images in an order that does not depend on
+  how they were spread over the processes (COCOeval breaks score ties by image id), so COCO numbers do not depend
+  on the number of devices.
 
 Written here because neither library offers these conversions for tensors; the evaluation itself is the libraries'.
 """
@@ -111,6 +113,36 @@ def gather_per_image_lists(metric: Any, names: Sequence[str], group: Any = None)
         gathered: list[Any] = [None] * dist.get_world_size(group)
         dist.all_gather_object(gathered, [_to_cpu(t) for t in getattr(metric, name)], group=group)
         setattr(metric, name, [_to_device(t, metric.device) for part in gathered for t in part])
+
+
+def canonical_image_order(metric: Any, names: Sequence[str]) -> None:
+    """Reorder the per-image list states ``names`` of ``metric`` (all of one length, one entry per image) by the
+    bytes of each image's entries. Gathered rank by rank, images arrive in an order that depends on the number of
+    processes (rank 0's, then rank 1's); COCOeval numbers images in that order and breaks ties between equal scores
+    by image id, so without this the mAP could differ between 1 and N devices. Identical entries are
+    interchangeable, so the order is canonical."""
+    lists = [getattr(metric, name) for name in names]
+    if not lists or not lists[0]:
+        return
+
+    def key(i: int) -> bytes:
+        return b"|".join(_to_cpu(values[i]).numpy().tobytes() for values in lists)
+
+    order = sorted(range(len(lists[0])), key=key)
+    for name, values in zip(names, lists, strict=True):
+        setattr(metric, name, [values[i] for i in order])
+
+
+def gather_objects(objects: list[Any]) -> list[Any]:
+    """Every process's list of picklable records (per-image rows of a report), concatenated rank by rank; the list
+    itself on one process."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return objects
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, objects)
+    return [item for part in gathered for item in part]
 
 
 def _to_cpu(value: Any) -> Any:

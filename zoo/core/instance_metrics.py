@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from zoo.core.coco import Backend, gather_per_image_lists, run_cocoeval
+from zoo.core.coco import Backend, canonical_image_order, gather_per_image_lists, run_cocoeval
 
 MASK_STATES = ("pred_rles", "pred_scores", "gt_rles", "gt_crowd", "image_sizes")
 
@@ -469,6 +469,7 @@ class COCOMaskMetrics(Metric):
     def compute(self) -> dict[str, float]:
         from zoo.core.coco import COCO_STAT_NAMES
 
+        canonical_image_order(self, MASK_STATES)  # the same image ids on 1 or N processes
         gt, results = self.coco_inputs()
         evaluator = run_cocoeval(gt, results if results else np.zeros((0, 7)), self.backend, iou_type="segm")
         return {name: float(v) for name, v in zip(COCO_STAT_NAMES, evaluator.stats, strict=False)}

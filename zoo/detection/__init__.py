@@ -6,6 +6,7 @@ its validation grid, its predictions and the detection report draw (``zoo.detect
 >>> from zoo.detection import ObjectDetector, box_iou, match_detections, coco_map
 """
 
+from zoo.detection.instances import InstanceDetector
 from zoo.detection.metrics import (
     COCOMetrics,
     PRCurve,
@@ -17,7 +18,6 @@ from zoo.detection.metrics import (
     precision_recall_curves,
 )
 from zoo.detection.models import load_backbone_weights, load_detector_weights
-from zoo.detection.instances import InstanceDetector
 from zoo.detection.module import ObjectDetector
 from zoo.detection.plots import draw_detections, plot_pr_curves
 

@@ -25,6 +25,7 @@ from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 from datamodules.instance_targets import labels_from_masks
+from zoo.core.coco import gather_objects
 from zoo.core.instance_metrics import COCOMaskMetrics, DSBScore, dsb_precisions, masks_to_labels, match_instances
 from zoo.core.instances import InstancePredictionWriter
 from zoo.core.module import SchedulerInterval
@@ -125,8 +126,11 @@ class InstanceDetector(ObjectDetector):
             labels, _ = self.instance_labels(pred)
             predicted.append(labels.cpu())
             masks_of_objects = target["masks"][target["iscrowd"] == 0] if "iscrowd" in target else target["masks"]
-            # datamodules.instance_targets' rule for the few annotation overlaps: the smaller object keeps the pixel
-            true.append(torch.from_numpy(labels_from_masks(masks_of_objects.cpu().numpy())))
+            if len(masks_of_objects):
+                # datamodules.instance_targets' rule for annotation overlaps: the smaller object keeps the pixel
+                true.append(torch.from_numpy(labels_from_masks(masks_of_objects.cpu().numpy())))
+            else:  # an image without (non-crowd) objects
+                true.append(torch.zeros(tuple(labels.shape), dtype=torch.int32))
         dsb.update(predicted, true)
         if testing:
             paths = batch.get("paths") or [str(i) for i in range(len(preds))]
@@ -172,7 +176,10 @@ class InstanceDetector(ObjectDetector):
         super().on_test_epoch_end()
         instances = self._log_instances("test", self.test_masks, self.test_dsb)
         assert self.last_test_result is not None
-        self.last_test_result["instances"] = {**instances, "per_image": self._per_image, "examples": self._examples}
+        per_image, examples = gather_objects(self._per_image), gather_objects(self._examples)
+        ranked = sorted(examples, key=lambda e: -1 if np.isnan(e["dsb_score"]) else e["dsb_score"])
+        examples = ranked if len(ranked) <= 2 * KEPT_EXAMPLES else ranked[:KEPT_EXAMPLES] + ranked[-KEPT_EXAMPLES:]
+        self.last_test_result["instances"] = {**instances, "per_image": per_image, "examples": examples}
         if self._trainer is None or self.trainer.is_global_zero:
             dsb = instances["dsb"]
             print(f"DSB2018 score {dsb['score']:.4f} (F1@0.5 {dsb['f1_50']:.4f}) on {dsb['images']} images; mask mAP "

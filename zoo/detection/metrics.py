@@ -39,6 +39,7 @@ from zoo.core.coco import (  # noqa: F401  (COCO_SUMMARY, COCO_STAT_NAMES, Backe
     COCO_STAT_NAMES,
     COCO_SUMMARY,
     Backend,
+    canonical_image_order,
     gather_per_image_lists,
     run_cocoeval,
     summarize_cocoeval,
@@ -384,6 +385,7 @@ class COCOMetrics(Metric):
         return preds, targets
 
     def compute(self) -> dict[str, Any]:
+        canonical_image_order(self, STATES)  # the same image ids on 1 or N processes (COCOeval breaks ties by id)
         preds, targets = self._lists()
         result = coco_map(preds, targets, backend=self.backend)
         if self.extended:

@@ -353,7 +353,7 @@ def maskrcnn_mobilenet_v3_large_fpn(
                                                      library="torchvision"),
                               tolerant=[k for k in model.state_dict() if k.startswith((*CLASS_DEPENDENT_KEYS,
                                                                                          "roi_heads.mask_"))],
-                              strict=False, ignore=NOT_LOADED)  # fmt: skip
+                              ignore=NOT_LOADED)  # fmt: skip
         rank_zero_info(f"detector MaskRCNN: {report}")
     return model
 
