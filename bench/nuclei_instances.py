@@ -85,8 +85,9 @@ def unet(args: argparse.Namespace, target: str, weight_map: bool) -> tuple[pl.Li
     model_args.pop("lr_scheduler", None)
     lr = float((optimizer or {}).get("init_args", {}).get("lr", args.lr))
     dm = import_class(config["data"]["class_path"])(**data_args)
+    linked = {name: getattr(dm, name) for name in ("num_classes", "in_channels", "class_names")}  # as train.py links
     model = import_class(config["model"]["class_path"])(
-        **model_args, optimizer=lambda p: torch.optim.Adam(p, lr=lr)
+        **model_args, **linked, optimizer=lambda p: torch.optim.Adam(p, lr=lr)
     )
     model._bench_lr = lr
     return model, dm
@@ -95,9 +96,7 @@ def unet(args: argparse.Namespace, target: str, weight_map: bool) -> tuple[pl.Li
 def _without_weight_map(model_args: dict[str, Any], data_args: dict[str, Any]) -> dict[str, Any]:
     """The weight-map config with plain (unweighted) cross-entropy: the same network, data and schedule."""
     model_args = dict(model_args)
-    for key in ("weight_map", "loss_weight_map"):
-        if key in data_args:
-            data_args[key] = False
+    data_args["weight_maps"] = False
     model_args["loss"] = "ce"
     return model_args
 
@@ -137,6 +136,8 @@ def save_figure(model: pl.LightningModule, dm: pl.LightningDataModule, path: Pat
     from zoo.core.instances import draw_outlines
 
     model.eval()
+    if not hasattr(model, "instance_labels"):
+        return save_unet_figure(model, dm, path)
     loader = dm.val_dataloader()
     best = None
     for batch in loader:
@@ -147,10 +148,7 @@ def save_figure(model: pl.LightningModule, dm: pl.LightningDataModule, path: Pat
     assert best is not None
     _, image, target = best
     with torch.no_grad():
-        if hasattr(model, "instance_labels"):  # Mask R-CNN
-            labels, _ = model.instance_labels(model.net([image])[0])
-        else:
-            labels = model.predict_instances(image[None])[0]
+        labels, _ = model.instance_labels(model.net([image])[0])
     truth = labels_from_masks(target["masks"].numpy())
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(draw_outlines(image, labels.cpu().numpy(), truth)).save(path)
@@ -202,6 +200,29 @@ def baselines(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows.append({"route": "post-processing time", "seconds_per_megapixel": round(postprocess_s / megapixels, 4),
                  "megapixels": round(megapixels, 2)})  # fmt: skip
     return rows
+
+
+def save_unet_figure(model: pl.LightningModule, dm: pl.LightningDataModule, path: Path) -> None:
+    """:func:`save_figure` for the U-Net routes (DSB2018DataModule batches: normalized ``image``, ``instances``)."""
+    from PIL import Image
+
+    from zoo.core.instances import draw_outlines
+
+    best = None
+    for batch in dm.val_dataloader():
+        truth = batch["instances"][0] if isinstance(batch["instances"], list) else batch["instances"][0]
+        density = int(truth.max()) / truth.numel()
+        if best is None or density > best[0]:
+            best = (density, batch["image"][:1], truth)
+    assert best is not None
+    _, image, truth = best
+    with torch.no_grad():
+        labels, _ = model.predict_instances(image)[0]
+    mean = torch.tensor(dm.mean).view(-1, 1, 1) if hasattr(dm, "mean") else 0
+    std = torch.tensor(dm.std).view(-1, 1, 1) if hasattr(dm, "std") else 1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(draw_outlines(image[0] * std + mean, labels, truth.numpy())).save(path)
+    print(f"wrote {path}")
 
 
 def collect(out: str | None) -> None:
