@@ -19,9 +19,23 @@ test samples are whole images, never augmented. With ``weight_maps: true`` every
 weight map (:func:`datamodules.weight_maps.unet_weight_map`, Ronneberger et al. 2015 eq. 2) is computed
 once at ``setup`` and moves with its crop.
 
+**Targets** (``target``): ``"two_class"`` (default) serves the mask's classes as they are (DSB2018: background /
+nucleus, the U-Net paper's target; touching nuclei are kept apart by the weight map alone).
+``"three_class"`` serves background / interior / boundary
+(:func:`datamodules.instance_targets.three_class_target` of the instances, ``boundary_width`` pixels of
+boundary), the contour-aware target of the 2018 Data Science Bowl solutions (Caicedo et al. 2019, Nature
+Methods 16; after DCAN, Chen et al. 2016), from which a watershed recovers touching nuclei. It is computed once
+per image at ``setup`` and replaces the mask, so crops, mirror padding and augmentation move it with the image
+as they move any mask. The instances are the layout's (DSB2018: one mask file per nucleus) or, for a folder of
+class masks (ISBI 2012), the 4-connected components of ``foreground_class`` (the cells of the weight map and
+the Rand error).
+
 Batches are dicts: ``image`` (N, C, H, W) float, normalized; ``mask`` (N, H, W) int64 classes;
-``weight`` (N, H, W) float32 (with ``weight_maps``); ``name``; at predict time ``raw`` (the
-unnormalized uint8 image, for overlays) and ``path`` instead of ``mask``.
+``weight`` (N, H, W) float32 (with ``weight_maps``); ``name``; in validation and test batches, where the
+samples have instances (DSB2018 always, folder layouts with ``target: three_class``), ``instances``: a list of
+N whole-image (H, W) int32 label images (0 background, k nucleus k; a list, not a stacked tensor, so that an
+instance segmenter scores each image as it is); at predict time ``raw`` (the unnormalized uint8 image, for
+overlays) and ``path`` instead of ``mask`` (no labels: the images may come from any folder).
 """
 
 from __future__ import annotations
@@ -30,22 +44,26 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from PIL import Image
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
+from scipy import ndimage
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.distributed import make_dataloader, make_split_loader
 from datamodules.errors import DataError
+from datamodules.instance_targets import THREE_CLASS_NAMES, three_class_target
 from datamodules.paths import resolve_data_dir
 from datamodules.transforms import seed_transform, segmentation_train_transform
 from datamodules.weight_maps import WeightMapCache
 
 IMAGE_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+Target = Literal["two_class", "three_class"]
+TARGETS = ("two_class", "three_class")
 
 
 class SegmentationDataError(DataError, ValueError):
@@ -255,6 +273,8 @@ class SegmentationImages(Dataset):
         }
         if sample.weight is not None:
             item["weight"] = torch.from_numpy(sample.weight)
+        if sample.instances is not None:
+            item["instances"] = torch.from_numpy(sample.instances)
         return item
 
 
@@ -283,7 +303,8 @@ class PredictImages(Dataset):
 
 
 def collate_segmentation(batch: list[dict[str, Any]]) -> dict[str, Any]:
-    """``default_collate``, with a clear error when whole images of different sizes share a batch."""
+    """``default_collate``, with a clear error when whole images of different sizes share a batch; the
+    ``instances`` label images stay a list (one per image)."""
     sizes = {tuple(item["image"].shape[-2:]) for item in batch}
     if len(sizes) > 1:
         listed = ", ".join(f"{item['name']}: {tuple(item['image'].shape[-2:])}" for item in batch[:4])
@@ -291,7 +312,12 @@ def collate_segmentation(batch: list[dict[str, Any]]) -> dict[str, Any]:
             f"images of different sizes in one batch ({listed}). Fix: set eval_batch_size: 1 "
             f"(whole images of different sizes cannot be stacked)."
         )
-    return torch.utils.data.default_collate(batch)
+    if not any("instances" in item for item in batch):
+        return torch.utils.data.default_collate(batch)
+    instances = [item["instances"] for item in batch]
+    collated = torch.utils.data.default_collate([{k: v for k, v in item.items() if k != "instances"} for item in batch])
+    collated["instances"] = instances
+    return collated
 
 
 def split_indices(n: int, val_size: float, seed: int) -> tuple[list[int], list[int]]:
@@ -329,6 +355,12 @@ class SegmentationFolderDataModule(pl.LightningDataModule):
         weight_maps: compute the U-Net weight map of every label (``w0``, ``sigma``, ``class_weights``).
         mean, std: per-channel normalization of images in [0, 1].
         predict_dir: folder (or one file) of images for ``predict``; None: the layout's default.
+        target: ``"two_class"``: the mask's classes (``mask_values`` / ``class_names``); ``"three_class"``:
+            background / interior / boundary of the instances (see the module docstring); ``num_classes``
+            is then 3 and ``class_names`` ``background, interior, boundary``, while ``mask_values`` and
+            ``class_names`` still describe the mask files (kept as ``mask_class_names``).
+        boundary_width: ``three_class``: the boundary band in pixels (city-block distance, >= 1;
+            :func:`~datamodules.instance_targets.three_class_target`).
     """
 
     folder: str | None = None  # a layout's data set folder: data_dir may be it or a root holding it
@@ -365,8 +397,14 @@ class SegmentationFolderDataModule(pl.LightningDataModule):
         mean: list[float] | None = None,
         std: list[float] | None = None,
         predict_dir: str | None = None,
+        target: Target = "two_class",
+        boundary_width: int = 2,
     ) -> None:
         super().__init__()
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
+        if isinstance(boundary_width, bool) or int(boundary_width) != boundary_width or boundary_width < 1:
+            raise ValueError(f"boundary_width must be a whole number of pixels >= 1, got {boundary_width!r}")
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 (grayscale) or 3 (RGB), got {in_channels}")
         if mask_values is None and class_names is None:
@@ -387,6 +425,11 @@ class SegmentationFolderDataModule(pl.LightningDataModule):
         if not 0 <= foreground_class < self.num_classes:
             raise ValueError(f"foreground_class={foreground_class} is not a class index (0..{self.num_classes - 1})")
         self.foreground_class = foreground_class
+        self.mask_class_names = list(self.class_names)  # the classes of the mask files, whatever is served
+        self.target, self.boundary_width = target, int(boundary_width)
+        if target == "three_class":
+            # The served classes are the target's; the CLI links these to the model.
+            self.num_classes, self.class_names = len(THREE_CLASS_NAMES), list(THREE_CLASS_NAMES)
         self.data_dir = data_dir
         self.image_dir, self.mask_dir = image_dir, mask_dir
         self.val_size, self.split_seed = val_size, split_seed
@@ -455,6 +498,8 @@ class SegmentationFolderDataModule(pl.LightningDataModule):
             train_idx, val_idx = split_indices(len(entries), self.val_size, self.split_seed)
             samples = [self.load(*entries[i]) for i in train_idx + val_idx]
             self.train_samples, self.val_samples = samples[: len(train_idx)], samples[len(train_idx) :]
+            if self.target == "three_class":
+                self._add_three_class_targets(samples)
             if self.weight_maps:
                 self._add_weight_maps(self.train_samples + self.val_samples)
             rank_zero_info(
@@ -467,6 +512,16 @@ class SegmentationFolderDataModule(pl.LightningDataModule):
                 self.predict_paths = [path] if path.is_file() else list_images(path)
             else:
                 self.predict_paths = self.default_predict_paths()
+
+    def _add_three_class_targets(self, samples: list[SegmentationSample]) -> None:
+        """Replace every sample's mask by its background / interior / boundary target, once (at setup): the
+        target depends on the labels only, and a per-crop computation would cut nuclei at the crop edge."""
+        for s in samples:
+            if s.instances is None:
+                # 4-connected, as the weight map and the Rand error find the cells of a class mask
+                s.instances, _ = ndimage.label(s.mask == self.foreground_class)
+                s.instances = s.instances.astype(np.int32, copy=False)
+            s.mask = three_class_target(s.instances, self.boundary_width)
 
     def _add_weight_maps(self, samples: list[SegmentationSample]) -> None:
         cache = WeightMapCache(self.w0, self.sigma, self.class_weights)
@@ -603,7 +658,11 @@ class ISBI2012DataModule(SegmentationFolderDataModule):
 class DSB2018DataModule(SegmentationFolderDataModule):
     """2018 Data Science Bowl nuclei (BBBC038v1), Kaggle layout ``stage1_train/<id>/images/<id>.png``
     and ``stage1_train/<id>/masks/*.png`` (one binary mask per nucleus). Classes: 0 ``background``,
-    1 ``nucleus`` (the union of the masks); the masks are kept as instances for the weight map.
+    1 ``nucleus`` (the union of the masks) with ``target: two_class`` (default); with ``target: three_class``
+    0 ``background``, 1 ``interior``, 2 ``boundary`` (:func:`~datamodules.instance_targets.three_class_target`
+    of the nuclei, ``boundary_width`` pixels; Caicedo et al. 2019). The masks are kept as instances, for the
+    weight map and the three-class target, and served whole in validation and test batches (``instances``)
+    for instance scores (the 2018 Data Science Bowl score).
     Images are RGBA with an opaque alpha: RGB by default (``in_channels: 3``); ``in_channels: 1``
     accepts only the grayscale-like images. Sizes vary (256x256 to 1388x1040): whole-image
     validation needs ``eval_batch_size: 1``. ``predict`` segments the validation images unless
@@ -611,7 +670,8 @@ class DSB2018DataModule(SegmentationFolderDataModule):
     ``dsb2018_nuclei/``.
 
     The arguments are those of :class:`SegmentationFolderDataModule`, less the fixed layout's ``mask_dir``,
-    ``mask_values``, ``class_names`` and ``foreground_class``.
+    ``mask_values``, ``class_names`` and ``foreground_class``; ``target`` and ``boundary_width`` are listed
+    here too, since they are what an instance-segmentation config of this layout sets.
     """
 
     folder = "dsb2018_nuclei"
@@ -625,6 +685,8 @@ class DSB2018DataModule(SegmentationFolderDataModule):
         in_channels: int = 3,
         crops_per_image: int = 2,
         batch_size: int = 8,
+        target: Target = "two_class",
+        boundary_width: int = 2,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -637,6 +699,8 @@ class DSB2018DataModule(SegmentationFolderDataModule):
             foreground_class=1,
             crops_per_image=crops_per_image,
             batch_size=batch_size,
+            target=target,
+            boundary_width=boundary_width,
             **kwargs,
         )
         self.overlapping_pixels = 0

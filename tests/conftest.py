@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# albumentations asks pypi.org for a newer version when imported: tests (and their subprocesses) stay offline.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 
 def shared_data_dir() -> Path | None:

@@ -1,11 +1,13 @@
 """Semantic segmentation: networks (``zoo.segmentation.models``), the U-Net loss and weight map (the map is
 data preprocessing, defined in ``datamodules.weight_maps`` and re-exported here), overlap-tile inference,
-metrics, class colours and mask / overlay pictures (``zoo.segmentation.plots``) and the
-:class:`SemanticSegmenter` LightningModule.
+metrics, class colours and mask / overlay pictures (``zoo.segmentation.plots``), the
+:class:`SemanticSegmenter` LightningModule and the U-Net route of instance segmentation,
+:class:`InstanceSegmenter` (a semantic network plus watershed post-processing, ``zoo.segmentation.instances``).
 
 >>> from zoo.segmentation import UNet, PSPNet, WeightedPixelLoss, unet_weight_map, predict_tiled
 """
 
+from zoo.segmentation.instance_module import InstanceSegmenter
 from zoo.segmentation.losses import WeightedPixelLoss, WeightMapCache, build_loss, unet_weight_map
 from zoo.segmentation.metrics import ISBIPixelError, PixelError, RandError, adapted_rand_error, pixel_error, rand_error
 from zoo.segmentation.models import (
@@ -21,6 +23,7 @@ from zoo.segmentation.tiling import mirror_pad, predict_tiled, predict_whole
 
 __all__ = [
     "ISBIPixelError",
+    "InstanceSegmenter",
     "PSPNet",
     "PixelError",
     "RandError",
