@@ -35,7 +35,7 @@ import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from scipy import ndimage
 
-from zoo.core.coco import Backend
+from zoo.core.coco import Backend, gather_objects
 from zoo.core.instance_metrics import COCOMaskMetrics, DSBScore, dsb_score, match_instances
 from zoo.core.instances import InstancePredictionWriter
 from zoo.core.module import SchedulerInterval
@@ -60,17 +60,6 @@ def instance_scores(foreground: np.ndarray, labels: np.ndarray) -> np.ndarray:
 def _as_uint16(labels: np.ndarray) -> np.ndarray:
     # uint16 halves the memory of int32 and is what the label PNGs hold; more instances keep their width
     return labels.astype(np.uint16) if labels.size == 0 or int(labels.max()) <= 65535 else labels
-
-
-def _gather(objects: list[Any]) -> list[Any]:
-    """Every process's list, concatenated rank by rank (the list itself on one process)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return objects
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, objects)
-    return [item for part in gathered for item in part]
 
 
 class InstanceSegmenter(SemanticSegmenter):
@@ -334,8 +323,8 @@ class InstanceSegmenter(SemanticSegmenter):
     def on_test_epoch_end(self) -> None:
         super().on_test_epoch_end()
         logged = self._log_instance_metrics("test")
-        rows = _gather(self._test_rows)
-        examples = self._keep_extremes(_gather(self._test_examples))
+        rows = gather_objects(self._test_rows)
+        examples = self._keep_extremes(gather_objects(self._test_examples))
         k = self.hparams.examples
         if logged is not None:
             summary, mask_numbers = logged
