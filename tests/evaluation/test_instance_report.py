@@ -212,6 +212,8 @@ def test_the_segmenter_result_reads_the_same(tmp_path):
     write_report_files(tmp_path, "t", part.sections)
     markdown = (tmp_path / "report.md").read_text()
     assert "| good | 0.7500 | 1 | 2 | 0 | 1 |" in markdown
+    # the counts of the caption come from the per-image rows
+    assert "Best #1: good, DSB score 0.750 (1 true, 2 predicted objects, 0 merged, 1 split)" in markdown
     assert part.data["dsb_score"] == 0.4321 and part.data["split"] == 2
     assert instance_result(None) is None and instance_result({"map": 0.1}) is None  # a box-only result
 

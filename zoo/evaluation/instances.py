@@ -118,10 +118,15 @@ def instance_result(result: dict[str, Any] | None) -> InstanceResult | None:
     for record in examples:
         example = _example(record)
         unique.setdefault((example["name"], example["path"]), example)
+    rows = [_row(r) for r in part.get("per_image") or []]
+    by_name = {r["name"]: r for r in rows}
+    for example in unique.values():  # the segmenter's examples carry no counts: its per-image rows do
+        known = by_name.get(example["name"], {})
+        example.update({k: known.get(k) for k, v in example.items() if v is None and k in known})
     return InstanceResult(
         dsb=dict(part["dsb"]),
         mask={k: float(v) for k, v in (part.get("mask") or part.get("mask_coco") or {}).items()},
-        per_image=[_row(r) for r in part.get("per_image") or []],
+        per_image=rows,
         examples=list(unique.values()),
     )
 
