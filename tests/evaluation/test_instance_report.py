@@ -258,3 +258,13 @@ def test_best_and_worst_take_three_each_of_many_images():
     best, worst = best_and_worst(examples)
     assert [e["name"] for e in best] == ["7", "6", "5"] and [e["name"] for e in worst] == ["0", "1", "2"]
     assert best_and_worst([]) == ([], [])
+
+
+def test_nan_numbers_anywhere_in_a_report_are_written_as_null():
+    import torch
+
+    from zoo.evaluation.report import json_numbers
+
+    assert json_numbers({"iou": [0.5, float("nan")], "per_image": [{"iou": torch.tensor(float("nan"))}]}) == {
+        "iou": [0.5, None], "per_image": [{"iou": None}]
+    }

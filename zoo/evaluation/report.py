@@ -172,6 +172,16 @@ def _number(value: Any) -> float | int | None:
     return value
 
 
+def json_numbers(value: Any) -> Any:
+    """``value`` with every NaN (a metric undefined on this data, e.g. the IoU of a class absent from an image and
+    its prediction) replaced by null, in nested dicts and lists: JSON has no NaN."""
+    if isinstance(value, dict):
+        return {k: json_numbers(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_numbers(v) for v in value]
+    return _number(value) if isinstance(value, (float, torch.Tensor)) and getattr(value, "ndim", 0) == 0 else value
+
+
 def logged_metrics(trainer: pl.Trainer) -> dict[str, float]:
     """The metrics the module logged during the test, as plain numbers (``trainer.callback_metrics``)."""
     return {
@@ -270,7 +280,7 @@ class EvaluationReport(pl.Callback):
         summary = {
             # a NaN (a metric undefined on this data: mAP of a test set without positives) is null: JSON has no NaN
             "metrics": {k: _number(v) for k, v in metrics.items()},
-            "report": family.data,
+            "report": json_numbers(family.data),
             "num_samples": self.writer.num_samples,
             "model": {"class_path": class_path(type(pl_module)), "hparams": _hparams(pl_module)},
             "data": {
