@@ -85,11 +85,14 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, network: str | 
     return report
 
 
-def load_detector_weights(model: nn.Module, path: str | Path, network: str | None = None) -> LoadReport:
+def load_detector_weights(
+    model: nn.Module, path: str | Path, network: str | None = None, fresh: tuple[str, ...] = ()
+) -> LoadReport:
     """Load a whole detector's weights (a file, a URL, or ``torchvision:COCO_V1`` for the torchvision detector
-    ``network``); class-dependent layers (:data:`CLASS_DEPENDENT_KEYS`) of another shape keep their fresh
-    initialisation and are reported (``report.skipped_head``)."""
-    class_layers = [key for key in model.state_dict() if key.startswith(CLASS_DEPENDENT_KEYS)]
+    ``network``); class-dependent layers (:data:`CLASS_DEPENDENT_KEYS`) of another shape, and layers under the
+    ``fresh`` prefixes that the file may lack (a Faster R-CNN file in a Mask R-CNN: its mask head), keep their
+    fresh initialisation and are reported (``report.skipped_head``)."""
+    class_layers = [key for key in model.state_dict() if key.startswith((*CLASS_DEPENDENT_KEYS, *fresh))]
     resolved = resolve_weights(path, network=network, library="torchvision")
     report = load_weights(model, resolved, tolerant=class_layers, ignore=NOT_LOADED)
     rank_zero_info(f"detector {type(model).__name__}: {report}")
@@ -348,13 +351,8 @@ def maskrcnn_mobilenet_v3_large_fpn(
     anchors = AnchorGenerator((tuple(int(s) for s in anchor_sizes),) * 3, ((0.5, 1.0, 2.0),) * 3)
     kwargs = _rcnn_size(common, {"rpn_score_thresh": 0.05, **kwargs})
     model = MaskRCNN(backbone, common.num_classes + 1, rpn_anchor_generator=anchors, **kwargs)
-    if common.weights:
-        report = load_weights(model, resolve_weights(common.weights, network="fasterrcnn_mobilenet_v3_large_fpn",
-                                                     library="torchvision"),
-                              tolerant=[k for k in model.state_dict() if k.startswith((*CLASS_DEPENDENT_KEYS,
-                                                                                         "roi_heads.mask_"))],
-                              ignore=NOT_LOADED)  # fmt: skip
-        rank_zero_info(f"detector MaskRCNN: {report}")
+    if common.weights:  # torchvision has no such Mask R-CNN: its names are the Faster R-CNN's
+        load_detector_weights(model, common.weights, "fasterrcnn_mobilenet_v3_large_fpn", fresh=("roi_heads.mask_",))
     return model
 
 
