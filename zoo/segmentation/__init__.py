@@ -11,7 +11,13 @@ from zoo.segmentation.instance_module import InstanceSegmenter
 from zoo.segmentation.losses import WeightedPixelLoss, WeightMapCache, build_loss, unet_weight_map
 from zoo.segmentation.metrics import ISBIPixelError, PixelError, RandError, adapted_rand_error, pixel_error, rand_error
 from zoo.segmentation.models import (
+    FCN,
+    ContextModule,
+    DeconvNet,
+    DilatedContextNet,
     PSPNet,
+    SegNet,
+    SlidingWindowClassifier,
     UNet,
     build_smp,
     nearest_valid_sizes,
@@ -22,12 +28,18 @@ from zoo.segmentation.module import SemanticSegmenter
 from zoo.segmentation.tiling import mirror_pad, predict_tiled, predict_whole
 
 __all__ = [
+    "FCN",
+    "ContextModule",
+    "DeconvNet",
+    "DilatedContextNet",
     "ISBIPixelError",
     "InstanceSegmenter",
     "PSPNet",
     "PixelError",
     "RandError",
+    "SegNet",
     "SemanticSegmenter",
+    "SlidingWindowClassifier",
     "UNet",
     "WeightMapCache",
     "WeightedPixelLoss",
