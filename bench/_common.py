@@ -12,10 +12,12 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
+
+from zoo.core.precision import cpu_has_native_bf16, preferred_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -46,15 +48,10 @@ def load_note() -> dict:
             "note": "machine busy: other processes running" if busy else None}  # fmt: skip
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (oneDNN's check: AVX512-BF16 or AMX). Without it, bf16 autocast is
-    emulated and far slower than float32 (measured: a U-Net step 56 s instead of 0.9 s on an AVX2-only EPYC)."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
 def default_precision() -> str:
-    """``bf16-mixed`` on a GPU or a CPU with native bf16, else ``32-true``: the benchmarks' ``--precision auto``."""
-    return "bf16-mixed" if torch.cuda.is_available() or cpu_has_bf16() else "32-true"
+    """The benchmarks' ``--precision auto``: :func:`zoo.core.precision.preferred_precision` of the accelerator
+    Lightning picks (``bf16-mixed`` on a CPU or CUDA GPU that computes bf16 natively, else ``32-true``)."""
+    return preferred_precision("auto")
 
 
 def add_precision_argument(parser: argparse.ArgumentParser) -> None:
@@ -86,7 +83,7 @@ def machine() -> dict:
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_bf16": cpu_has_bf16(),
+        "cpu_bf16": cpu_has_native_bf16(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -117,15 +114,28 @@ class TimeBudget(pl.Callback):
     optimizer group's learning rate from the elapsed *fraction* of the budget: linear warm-up over
     the first ``warmup`` fraction, then cosine decay to zero at the end. A schedule over time gives
     every model a complete schedule whatever its speed. ``steps`` counts the optimizer steps taken.
+
+    ``clock="cpu"`` counts this process's CPU seconds (``time.process_time``: every thread of the process, not
+    its data-loader workers, so use ``num_workers=0`` with it) instead of wall seconds: a budget in CPU minutes
+    that other jobs on the machine do not eat into, for routes that share the cores.
     """
 
-    def __init__(self, seconds: float, max_lr: float | None = None, warmup: float = 0.15) -> None:
+    def __init__(
+        self, seconds: float, max_lr: float | None = None, warmup: float = 0.15, clock: Literal["wall", "cpu"] = "wall"
+    ) -> None:
+        if clock not in ("wall", "cpu"):
+            raise ValueError(f"clock must be 'wall' or 'cpu', got {clock!r}")
         self.seconds, self.max_lr, self.warmup = seconds, max_lr, warmup
+        self.clock = time.process_time if clock == "cpu" else time.perf_counter
         self.start = 0.0
         self.steps = 0
 
+    def elapsed(self) -> float:
+        """Seconds of the budget's clock since training started."""
+        return self.clock() - self.start
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.start = time.perf_counter()
+        self.start = self.clock()
 
     def lr_at(self, fraction: float) -> float:
         assert self.max_lr is not None
@@ -134,7 +144,7 @@ class TimeBudget(pl.Callback):
         return self.max_lr * 0.5 * (1 + math.cos(math.pi * (fraction - self.warmup) / (1 - self.warmup)))
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> int | None:  # noqa: ANN001
-        fraction = (time.perf_counter() - self.start) / self.seconds
+        fraction = self.elapsed() / self.seconds
         if fraction >= 1:
             trainer.should_stop = True
             return -1  # Lightning: skip the rest of the epoch

@@ -23,14 +23,14 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_type_hints
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichModelSummary, RichProgressBar
 from pytorch_lightning.callbacks.progress.progress_bar import ProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
-from pytorch_lightning.utilities.rank_zero import rank_zero_warn
+from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 import datamodules  # noqa: F401  (registers the datamodules for short class names)
 from datamodules.errors import DataError
@@ -43,6 +43,7 @@ from zoo.core.checkpoint import (
 )
 from zoo.core.checks import model_data_mismatch
 from zoo.core.errors import ZooUserError
+from zoo.core.precision import precision_choice
 from zoo.core.registry import get_model_entry
 from zoo.core.reliability import FailureGuard, ResumeCheckpoint, install_atomic_checkpoint_io, reuse_run_dir_for_last
 
@@ -444,6 +445,33 @@ class ZooCLI(LightningCLI):
             f"network they belong to."
         )
 
+    def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # LightningCLI's, except that --trainer.precision also takes ``auto`` (resolved in _instantiate_trainer).
+        parser.add_class_arguments(self.trainer_class, "trainer", fail_untyped=False, instantiate=False,
+                                   sub_configs=True, skip={"precision"})  # fmt: skip
+        parser.groups["trainer"].add_argument(
+            "--trainer.precision", type=Literal["auto"] | get_type_hints(pl.Trainer.__init__)["precision"],
+            default=None,
+            help="Lightning's precision, or auto: bf16-mixed where the accelerator computes bf16 natively (a CPU "
+            "with AVX512-BF16 / AMX, a CUDA GPU of compute capability 8.0+), else 32-true (zoo.core.precision)",
+        )  # fmt: skip
+        parser.set_defaults({"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"})
+        parser.add_lightning_class_args(self._model_class, "model", subclass_mode=self.subclass_mode_model)
+        parser.add_lightning_class_args(self._datamodule_class, "data", subclass_mode=self.subclass_mode_data,
+                                        required=self.datamodule_class is not None)  # fmt: skip
+
+    def _resolve_auto_precision(self, config: dict[str, Any]) -> None:
+        """``precision: auto``: the precision :func:`zoo.core.precision.preferred_precision` picks for the trainer's
+        accelerator, logged with the reason, and recorded in the run's saved ``config.yaml`` (what ran)."""
+        if config.get("precision") != "auto":
+            return
+        chosen, reason = precision_choice(config.get("accelerator"))
+        config["precision"] = chosen
+        parsed = self.config.get(self.subcommand) if self.subcommand else self.config
+        if parsed is not None and parsed.get("trainer") is not None:
+            parsed["trainer"]["precision"] = chosen
+        rank_zero_info(f"precision auto -> {chosen}: {reason}")
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Every subcommand's parser gets these (LightningCLI does not say which one it builds); only test reads them.
         parser.add_argument(
@@ -463,6 +491,7 @@ class ZooCLI(LightningCLI):
         return trainer
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[pl.Callback]) -> pl.Trainer:
+        self._resolve_auto_precision(config)
         configured = list(config.get("callbacks") or [])
         # --trainer.enable_checkpointing false forbids any checkpoint callback (Lightning refuses the run): the user
         # asked for none, so the resume point and the config's ModelCheckpoint are left out, saying so.

@@ -27,7 +27,7 @@ from zoo.classification.metrics import MultilabelMeanAUROC, MultilabelMeanAverag
 from zoo.classification.mixing import BatchMixer, multilabel_bce, soft_target_cross_entropy
 from zoo.classification.models.googlenet import googlenet_loss, main_logits
 from zoo.core.checks import check_model_fits_data
-from zoo.core.module import SchedulerInterval, ZooModule
+from zoo.core.module import CompileMode, SchedulerInterval, ZooModule
 
 Task = Literal["multiclass", "multilabel"]
 TASKS: tuple[str, ...] = ("multiclass", "multilabel")
@@ -79,6 +79,7 @@ class ImageClassifier(ZooModule):
         lr_scheduler: any ``torch.optim.lr_scheduler`` class; OneCycleLR gets ``total_steps``
             from the trainer when not given, and steps per batch. ReduceLROnPlateau watches ``val/loss``.
         lr_scheduler_interval: ``auto`` (per step for OneCycleLR/CyclicLR, else per epoch).
+        compile, compile_mode: ``torch.compile`` of the network, as in :class:`~zoo.core.module.ZooModule`.
         class_names: names for per-class metrics and figures; linked from the datamodule.
         pretrained: the weights the network starts from (:mod:`zoo.core.weight_sources`): a local file (a
             torchvision / timm state dict, a dict holding one under ``state_dict`` / ``model``, or a zoo checkpoint,
@@ -127,6 +128,8 @@ class ImageClassifier(ZooModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: SchedulerInterval = "auto",
+        compile: bool = False,
+        compile_mode: CompileMode = "default",
         class_names: list[str] | None = None,
         pretrained: str | None = None,
         freeze_stages: int = 0,
@@ -142,7 +145,10 @@ class ImageClassifier(ZooModule):
         mix_switch_prob: float = 0.5,
         mix_prob: float = 1.0,
     ) -> None:
-        super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler, lr_scheduler_interval=lr_scheduler_interval)
+        super().__init__(
+            optimizer=optimizer, lr_scheduler=lr_scheduler, lr_scheduler_interval=lr_scheduler_interval,
+            compile=compile, compile_mode=compile_mode,
+        )  # fmt: skip
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class_names given for num_classes={num_classes}")
         if task not in TASKS:

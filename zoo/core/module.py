@@ -18,7 +18,10 @@ What it holds, so that no family writes it again (and no family drifts):
   (``renamed_arguments``) are read under the new one;
 - **metric-state reset** at the start of every validation and test epoch (torchmetrics states created under
   ``torch.inference_mode`` by an earlier ``trainer.validate``/``test``);
-- **the fit check**: ``num_classes`` / ``in_channels`` that disagree with the trainer's datamodule stop the run.
+- **the fit check**: ``num_classes`` / ``in_channels`` that disagree with the trainer's datamodule stop the run;
+- **compilation** (``compile: true``, off by default): the network's forward is compiled with ``torch.compile``
+  (:meth:`ZooModule.compile_networks`) when a Trainer sets the module up, in a way that keeps the state-dict keys,
+  so that checkpoints of compiled and eager runs load into either.
 
 Modelled on anomalib's ``AnomalibModule`` (one Lightning base over plain torch models) and smp's
 ``SegmentationModel`` (one base holding what every architecture shares).
@@ -30,12 +33,13 @@ import io
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 import pytorch_lightning as pl
 import torch
 import torch.nn as nn
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 from zoo.core.checkpoint import (
     CheckpointError,
@@ -46,6 +50,7 @@ from zoo.core.checkpoint import (
     restoring_from_checkpoint,
 )
 from zoo.core.checks import check_model_fits_data, release_inference_metric_states
+from zoo.core.errors import ZooUserError
 from zoo.core.optim import as_factory, build_optimizers, factory_spec
 from zoo.core.registry import create_model, get_model_entry
 from zoo.core.weight_sources import ResolvedWeights, recording_weights, resolve_weights
@@ -53,6 +58,9 @@ from zoo.core.weight_sources import ResolvedWeights, recording_weights, resolve_
 log = logging.getLogger(__name__)
 
 SchedulerInterval = Literal["auto", "step", "epoch"]
+# torch.compile's modes (its ``mode`` argument); "default" is torch's own default.
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+COMPILE_MODES: tuple[str, ...] = get_args(CompileMode)
 
 
 def is_weights_argument(name: str) -> bool:
@@ -82,6 +90,22 @@ def check_schedule_covers_the_run(module: pl.LightningModule) -> None:
             )
 
 
+def check_compiler_available(device: torch.device) -> None:
+    """Refuse ``compile`` on the CPU where inductor has no C++ compiler to build its kernels with (it would fail
+    at the first step, deep inside the compilation)."""
+    if device.type != "cpu":
+        return
+    from torch._inductor import cpp_builder
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except Exception as error:  # noqa: BLE001  (its error type differs between torch versions; reported as is)
+        raise ZooUserError(
+            f"compile=True on the CPU needs a C++ compiler for torch.compile's kernels, and none was found "
+            f"({type(error).__name__}: {error}). Fix: install one (g++ or clang++; or set CXX), or set compile: false."
+        ) from error
+
+
 class ZooModule(pl.LightningModule):
     """Base of every LightningModule of the zoo (see the module docstring for what it holds).
 
@@ -94,6 +118,11 @@ class ZooModule(pl.LightningModule):
         lr_scheduler: any ``torch.optim.lr_scheduler`` class; OneCycleLR gets ``total_steps`` from the trainer
             when not given.
         lr_scheduler_interval: ``auto`` (per step for OneCycleLR / CyclicLR, else per epoch), ``step``, ``epoch``.
+        compile: compile the network's forward (and so its backward) with ``torch.compile`` when a Trainer runs the
+            module (``fit``, ``validate``, ``test``, ``predict``); the first steps then pay the compilation.
+            The module built in Python (``load_from_checkpoint``, export) stays eager. Off by default.
+        compile_mode: ``torch.compile``'s ``mode``: ``default``, ``reduce-overhead`` (CUDA graphs),
+            ``max-autotune``, ``max-autotune-no-cudagraphs``.
     """
 
     family: ClassVar[str | None] = None  # the registry family of ``network``
@@ -105,8 +134,15 @@ class ZooModule(pl.LightningModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: SchedulerInterval = "auto",
+        compile: bool = False,
+        compile_mode: CompileMode = "default",
     ) -> None:
         super().__init__()
+        if compile_mode not in COMPILE_MODES:
+            raise ZooUserError(
+                f"compile_mode={compile_mode!r} is not a mode of torch.compile. Fix: set compile_mode to one of "
+                f"{', '.join(COMPILE_MODES)}."
+            )
         # Collects the arguments of every __init__ in the class chain (Lightning walks the frames).
         self.save_hyperparameters()
         for key, value in list(self.hparams.items()):  # class path + arguments in the checkpoint, not a pickled partial
@@ -114,6 +150,8 @@ class ZooModule(pl.LightningModule):
         self.optimizer_factory = as_factory(optimizer)
         self.lr_scheduler_factory = as_factory(lr_scheduler)
         self.lr_scheduler_interval = lr_scheduler_interval
+        # Not ``self.compile``: that is nn.Module.compile, used below.
+        self.compile_on_setup, self.compile_mode = bool(compile), compile_mode
         # True while load_from_checkpoint builds this module: weight files are not read then.
         self.restoring = is_restoring_from_checkpoint()
         # Which weights the network started from (zoo.core.weight_sources.ResolvedWeights.record of each file
@@ -141,9 +179,41 @@ class ZooModule(pl.LightningModule):
         self.initial_weights.append(resolved.record())
         return resolved
 
+    def networks_to_compile(self) -> dict[str, nn.Module]:
+        """The networks that ``compile`` compiles, by name: those the module calls (``self.net``; a family whose
+        steps call the network's parts, as the generative models call ``encoder`` / ``decoder``, lists them)."""
+        net = getattr(self, "net", None)
+        return {"net": net} if isinstance(net, nn.Module) else {}
+
+    def compile_networks(self) -> list[str]:
+        """Compile :meth:`networks_to_compile` with ``nn.Module.compile`` (``torch.compile`` of each network's call,
+        the module itself unchanged: its state-dict keys get no ``_orig_mod.`` prefix, so checkpoints of compiled and
+        eager runs load into either); those compiled already are left as they are. Returns the names compiled."""
+        targets = self.networks_to_compile()
+        if not targets:
+            raise ZooUserError(
+                f"compile=True, but {type(self).__name__} names no network to compile (it has no ``net``). Fix: set "
+                f"compile to false, or override networks_to_compile."
+            )
+        # setup runs before the strategy moves the module to its device: the trainer says where it will run
+        check_compiler_available(self.trainer.strategy.root_device if self._trainer is not None else self.device)
+        compiled = []
+        for name, net in targets.items():
+            if getattr(net, "_compiled_call_impl", None) is None:
+                net.compile(mode=None if self.compile_mode == "default" else self.compile_mode)
+                compiled.append(name)
+        if compiled:
+            rank_zero_info(
+                f"compile: {', '.join(compiled)} compiled with torch.compile (mode {self.compile_mode}); "
+                "the first steps include the compilation"
+            )
+        return compiled
+
     # -- checks -----------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         check_model_fits_data(self, tuple(a for a in ("num_classes", "in_channels") if getattr(self, a, None)))
+        if self.compile_on_setup:
+            self.compile_networks()
 
     # -- optimisation -----------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:

@@ -77,13 +77,14 @@ class InstanceDetector(ObjectDetector):
         output_dir: str | None = None,
         map_backend: Literal["faster_coco_eval", "pycocotools"] = "faster_coco_eval",
         mask_threshold: float = 0.5,
+        **kwargs: Any,
     ) -> None:
         super().__init__(
             network=network, num_classes=num_classes, class_names=class_names, in_channels=in_channels,
             trainable_backbone_layers=trainable_backbone_layers, backbone_weights=backbone_weights, weights=weights,
             image_size=image_size, network_kwargs=network_kwargs, optimizer=optimizer, lr_scheduler=lr_scheduler,
             lr_scheduler_interval=lr_scheduler_interval, score_threshold=score_threshold, iou_threshold=iou_threshold,
-            category_ids=category_ids, log_images=log_images, output_dir=output_dir, map_backend=map_backend,
+            category_ids=category_ids, log_images=log_images, output_dir=output_dir, map_backend=map_backend, **kwargs,
         )  # fmt: skip
         if not hasattr(self.net, "roi_heads") or not getattr(self.net.roi_heads, "has_mask", lambda: False)():
             raise ValueError(

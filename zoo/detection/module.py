@@ -10,7 +10,7 @@ import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
-from zoo.core.module import SchedulerInterval, ZooModule
+from zoo.core.module import CompileMode, SchedulerInterval, ZooModule
 from zoo.detection.metrics import COCOMetrics, format_coco_table
 from zoo.detection.plots import draw_detections
 
@@ -47,8 +47,8 @@ class ObjectDetector(ZooModule):
         weights: local whole-detector weights (class-dependent layers of another shape skipped).
         image_size: network input size (see :mod:`zoo.detection.models`); None: the network's default.
         network_kwargs: other keyword arguments of the builder / ``FasterRCNN`` / ``SSD``.
-        optimizer, lr_scheduler, lr_scheduler_interval: as in :class:`~zoo.core.module.ZooModule`
-            (ReduceLROnPlateau watches ``val/map``).
+        optimizer, lr_scheduler, lr_scheduler_interval, compile, compile_mode: as in
+            :class:`~zoo.core.module.ZooModule` (ReduceLROnPlateau watches ``val/map``).
         score_threshold: detections drawn and counted in the confusion matrix.
         iou_threshold: IoU of a true positive for PR curves and the confusion matrix (COCO's mAP
             uses its own thresholds .5:.05:.95).
@@ -76,6 +76,8 @@ class ObjectDetector(ZooModule):
         optimizer: OptimizerCallable = torch.optim.SGD,
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: SchedulerInterval = "auto",
+        compile: bool = False,
+        compile_mode: CompileMode = "default",
         score_threshold: float = 0.5,
         iou_threshold: float = 0.5,
         category_ids: list[int] | None = None,
@@ -83,7 +85,10 @@ class ObjectDetector(ZooModule):
         output_dir: str | None = None,
         map_backend: Literal["faster_coco_eval", "pycocotools"] = "faster_coco_eval",
     ) -> None:
-        super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler, lr_scheduler_interval=lr_scheduler_interval)
+        super().__init__(
+            optimizer=optimizer, lr_scheduler=lr_scheduler, lr_scheduler_interval=lr_scheduler_interval,
+            compile=compile, compile_mode=compile_mode,
+        )  # fmt: skip
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class_names given for num_classes={num_classes}")
         if in_channels not in (None, 3):

@@ -129,7 +129,7 @@ class GenerativeModule(ZooModule):
         network_kwargs: other keyword arguments of the network's builder (e.g. ``gan_mlp``'s ``dropout``);
             not those the model takes itself (``in_channels``, ``image_size``, ``latent_dim``, the width arguments).
         optimizer: any ``torch.optim`` class with its arguments (default Adam).
-        lr_scheduler, lr_scheduler_interval: see :class:`zoo.core.module.ZooModule`.
+        lr_scheduler, lr_scheduler_interval, compile, compile_mode: see :class:`zoo.core.module.ZooModule`.
 
     Checkpoints of the code before the registry (hyperparameter ``arch``, ``num_classes``, ``class_names``; the
     network's parts at the top of the state dict) load: :meth:`migrate_hyperparameters`, :meth:`on_load_checkpoint`.
@@ -203,6 +203,11 @@ class GenerativeModule(ZooModule):
                 f"'generative') lists them; the default is {self.default_network()!r})."
             )
         return net
+
+    def networks_to_compile(self) -> dict[str, nn.Module]:
+        """``compile`` compiles the network's parts (``encoder`` / ``decoder``, ``generator`` / ``discriminator``):
+        the steps call them, never the whole network's forward."""
+        return {part: getattr(self.net, part) for part in NETWORK_KINDS[self.network_kind].parts}
 
     @classmethod
     def default_network(cls) -> str | None:

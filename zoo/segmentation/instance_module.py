@@ -140,6 +140,7 @@ class InstanceSegmenter(SemanticSegmenter):
         connectivity: Literal[1, 2] = 1,
         mask_map_backend: Backend = "faster_coco_eval",
         examples: int = 3,
+        **kwargs: Any,
     ) -> None:
         if num_classes not in MODES:
             raise ValueError(
@@ -165,6 +166,7 @@ class InstanceSegmenter(SemanticSegmenter):
             tta_flips=tta_flips,
             output_dir=output_dir,
             log_images=log_images,
+            **kwargs,
         )
         if examples < 0:
             raise ValueError(f"examples must be >= 0, got {examples}")

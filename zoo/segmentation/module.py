@@ -11,7 +11,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassJaccardIndex
 from torchmetrics.segmentation import DiceScore
 
-from zoo.core.module import SchedulerInterval, ZooModule
+from zoo.core.module import CompileMode, SchedulerInterval, ZooModule
 from zoo.segmentation.losses import build_loss
 from zoo.segmentation.metrics import ISBIPixelError, PixelError, RandError
 from zoo.segmentation.models.unet import center_crop
@@ -51,7 +51,8 @@ class SemanticSegmenter(ZooModule):
             the data), ``dice``, ``jaccard``, ``focal``, ``lovasz``, ``tversky``, or a sum such as
             ``weighted_ce+dice`` (:func:`zoo.segmentation.losses.build_loss`).
         loss_kwargs: keyword arguments of the loss.
-        optimizer, lr_scheduler, lr_scheduler_interval: as in :class:`~zoo.core.module.ZooModule`.
+        optimizer, lr_scheduler, lr_scheduler_interval, compile, compile_mode: as in
+            :class:`~zoo.core.module.ZooModule`.
         foreground_class: class whose connected components are the objects of the Rand error, and the
             positive class of the ISBI pixel error; None skips both.
         tile_size, tile_overlap, tile_batch_size: tiling of validation / test / predict images.
@@ -73,6 +74,8 @@ class SemanticSegmenter(ZooModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: SchedulerInterval = "auto",
+        compile: bool = False,
+        compile_mode: CompileMode = "default",
         class_names: list[str] | None = None,
         foreground_class: int | None = 1,
         tile_size: int | None = None,
@@ -82,7 +85,10 @@ class SemanticSegmenter(ZooModule):
         output_dir: str | None = None,
         log_images: int = 4,
     ) -> None:
-        super().__init__(optimizer=optimizer, lr_scheduler=lr_scheduler, lr_scheduler_interval=lr_scheduler_interval)
+        super().__init__(
+            optimizer=optimizer, lr_scheduler=lr_scheduler, lr_scheduler_interval=lr_scheduler_interval,
+            compile=compile, compile_mode=compile_mode,
+        )  # fmt: skip
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class_names given for num_classes={num_classes}")
         if foreground_class is not None and not 0 <= foreground_class < num_classes:
