@@ -56,7 +56,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.distributed import make_dataloader, make_split_loader
 from datamodules.errors import DataError
-from datamodules.instance_targets import THREE_CLASS_NAMES, three_class_target
+from datamodules.instance_targets import THREE_CLASS_NAMES, labels_from_masks, three_class_target
 from datamodules.paths import resolve_data_dir
 from datamodules.transforms import seed_transform, segmentation_train_transform
 from datamodules.weight_maps import WeightMapCache
@@ -730,28 +730,21 @@ class DSB2018DataModule(SegmentationFolderDataModule):
     def load(self, name: str, source: Any) -> SegmentationSample:
         image_path, mask_paths = source
         image = read_image(image_path, self.in_channels)
-        instances = np.zeros(image.shape[:2], np.int32)
-        for k, mask_path in enumerate(mask_paths, start=1):
+        masks = []
+        for mask_path in mask_paths:
             mask = read_mask(mask_path)
             check_same_size(image, mask, image_path, mask_path)
-            rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-            if not len(rows):
-                continue  # an empty mask adds no nucleus
-            box = (
-                slice(rows[0], rows[-1] + 1),
-                slice(cols[0], cols[-1] + 1),
-            )  # work on the nucleus' box only
-            sub = mask[box]
-            if sub.dtype != np.uint8 or ((sub != 0) & (sub != 255) & (sub != 1)).any():
+            if mask.dtype != np.uint8 or ((mask != 0) & (mask != 255) & (mask != 1)).any():
                 raise SegmentationDataError(
-                    f"nucleus mask {mask_path} holds values {np.unique(sub).tolist()[:10]}; "
-                    f"DSB2018 masks are "
+                    f"nucleus mask {mask_path} holds values {np.unique(mask).tolist()[:10]}; DSB2018 masks are "
                     f"binary (0 and 255). Fix: re-export it as a binary mask."
                 )
-            on = sub > 0
-            target = instances[box]
-            self.overlapping_pixels += int(np.count_nonzero(on & (target > 0)))  # upstream quirk: later masks win
-            target[on] = k
+            masks.append(mask)
+        # One rule for pixels in two masks, shared with the instance datamodule: the smaller nucleus keeps them.
+        instances, overlapping = (
+            labels_from_masks(masks, return_overlap=True) if masks else (np.zeros(image.shape[:2], np.int32), 0)
+        )
+        self.overlapping_pixels += overlapping
         return SegmentationSample(name, image, (instances > 0).astype(np.uint8), instances)
 
     def setup(self, stage: str | None = None) -> None:
@@ -759,8 +752,8 @@ class DSB2018DataModule(SegmentationFolderDataModule):
         super().setup(stage)
         if first and self.train_samples is not None and self.overlapping_pixels:
             rank_zero_info(
-                f"DSB2018: {self.overlapping_pixels} pixels lie in two nucleus masks; the later mask "
-                f"(file name order) keeps them."
+                f"DSB2018: {self.overlapping_pixels} pixels lie in two nucleus masks; the smaller mask keeps "
+                f"each (datamodules.instance_targets.labels_from_masks)."
             )
 
     def default_predict_paths(self) -> list[Path]:

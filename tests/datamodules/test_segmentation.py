@@ -15,6 +15,7 @@ from PIL import Image
 
 import zoo.segmentation
 from datamodules import DSB2018DataModule, ISBI2012DataModule, SegmentationFolderDataModule
+from datamodules.instance_targets import labels_from_masks
 from datamodules.segmentation import SegmentationDataError
 from datamodules.transforms import CoarseGridElastic, seed_transform, segmentation_train_transform
 from datamodules.weight_maps import WeightMapCache, unet_weight_map
@@ -79,6 +80,23 @@ def test_dsb_layout_union_and_instances(tmp_path):
     assert batch["image"].shape == (2, 3, 16, 16) and batch["weight"].shape == (2, 16, 16)
     dm.setup("predict")
     assert len(dm.predict_paths) == 1  # the validation image
+
+
+def test_dsb_pixels_in_two_masks_go_to_the_smaller_nucleus_as_in_the_instance_datamodule(tmp_path):
+    root = tmp_path / "dsb2018_nuclei" / "stage1_train"
+    _write(root / "s" / "images" / "s.png", np.full((20, 30, 4), 255, np.uint8))
+    big, small = np.zeros((20, 30), np.uint8), np.zeros((20, 30), np.uint8)
+    big[2:12, 2:22] = 255  # 200 pixels, the first mask file
+    small[8:14, 18:26] = 255  # 48 pixels, overlapping big's corner by 4 x 4
+    _write(root / "s" / "masks" / "a.png", big)
+    _write(root / "s" / "masks" / "b.png", small)
+    dm = DSB2018DataModule(data_dir=str(tmp_path))
+    name, source = dm.discover()[0]
+    instances = dm.load(name, source).instances
+    assert dm.overlapping_pixels == 16
+    assert (instances[8:12, 18:22] == 2).all()  # the shared corner stays with the small nucleus
+    assert np.count_nonzero(instances == 2) == 48 and np.count_nonzero(instances == 1) == 200 - 16
+    np.testing.assert_array_equal(instances, labels_from_masks([big, small]))
 
 
 def test_real_dsb_layout_is_found(dsb_root):
