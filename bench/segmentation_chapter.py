@@ -26,9 +26,9 @@ in float32 on one thread of a Xeon with AVX-512; each result records its steps):
 
 - ``sliding_window``: Ciresan et al. 2012's N4 at 1/3 width (16 instead of 48 channels per stage, 64 instead of 200
   hidden units), 65x65 window, trained densely on 256x256 crops.
-- ``fcn32s`` / ``fcn16s`` / ``fcn8s``: Long et al. 2015 over the registry's ``vgg16`` at the paper's convolution
-  widths (the zoo's VGG builders have no width argument) with fc6 / fc7 at 1/4 width (1024 instead of 4096); batches
-  of one 192x192 crop (the paper's 100-pixel padding of conv1_1 makes it a 392x392 input).
+- ``fcn32s`` / ``fcn16s`` / ``fcn8s``: Long et al. 2015 over the registry's ``vgg16`` at 1/4 width (``width`` 16:
+  16 to 128 channels instead of 64 to 512) with fc6 / fc7 at 1024 instead of 4096 (the classifier's own fully
+  connected layers, convolutionalized); 256x256 crops (the paper's 100-pixel padding of conv1_1 makes them 456x456).
 - ``fcn_resnet50``: torchvision's, unchanged (no width argument), batches of two 256x256 crops.
 - ``deconvnet`` / ``segnet`` / ``dilated_context``: the VGG-16 layouts at 1/4 width (``width`` 16 instead of 64;
   fc6 / fc7 of DeconvNet and the dilated front end at 1024 instead of 4096).
@@ -99,14 +99,14 @@ def _unet(upsampling: str) -> Route:
     return Route("unet", {"base_channels": 16, "depth": 4, "upsampling": upsampling}, crop=380, batch=4)
 
 
-_VGG_FCN = {"backbone": "vgg16", "fc_width": 1024}
+_VGG_FCN = {"backbone": "vgg16", "backbone_kwargs": {"width": 16}, "fc_width": 1024}
 # In the order the chapter builds the subject up; the widths are explained in the module docstring.
 ROUTES: dict[str, Route] = {
     "sliding_window": Route("sliding_window", {"channels": [16, 16, 16, 16], "hidden": 64}),
     # VGG-16 without batch norm, from scratch: Adam at 1e-3 stalls such a deep plain network, hence 1e-4
-    "fcn32s": Route("fcn32s", _VGG_FCN, crop=192, batch=1, lr=1e-4),
-    "fcn16s": Route("fcn16s", _VGG_FCN, crop=192, batch=1, lr=1e-4),
-    "fcn8s": Route("fcn8s", _VGG_FCN, crop=192, batch=1, lr=1e-4),
+    "fcn32s": Route("fcn32s", _VGG_FCN, crop=256, batch=4, lr=1e-4),
+    "fcn16s": Route("fcn16s", _VGG_FCN, crop=256, batch=4, lr=1e-4),
+    "fcn8s": Route("fcn8s", _VGG_FCN, crop=256, batch=4, lr=1e-4),
     "fcn_resnet50": Route("fcn_resnet50", {}, batch=2),
     "deconvnet": Route("deconvnet", {"width": 16}),
     "segnet": Route("segnet", {"width": 16}),

@@ -472,3 +472,16 @@ def test_unknown_model_name_lists_close_matches() -> None:
 def test_builders_take_num_classes_and_in_channels_first() -> None:
     for name in CLASSIFIERS:
         assert get_model_entry(name).parameters[:2] == ["num_classes", "in_channels"], name
+
+
+def test_narrow_vgg_scales_every_width_and_keeps_the_paper_layout() -> None:
+    full = create_model("vgg16_bn", num_classes=10)
+    narrow = create_model("vgg16_bn", num_classes=10, width=16)
+    convs = [m.out_channels for m in narrow.features if isinstance(m, nn.Conv2d)]
+    assert convs == [m.out_channels // 4 for m in full.features if isinstance(m, nn.Conv2d)]
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in narrow.features) == 13
+    linears = [(m.in_features, m.out_features) for m in narrow.classifier if isinstance(m, nn.Linear)]
+    assert linears == [(128 * 7 * 7, 1024), (1024, 1024), (1024, 10)]
+    assert narrow(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="width"):
+        create_model("vgg16", width=0)

@@ -33,8 +33,13 @@ def _vgg(name: str, tv_builder: Callable[..., VGG], config: str) -> Callable[...
     """Register and return the builder ``name`` of torchvision's ``tv_builder``, the paper's
     configuration ``config`` (with batch normalisation for a ``_bn`` name)."""
 
-    def builder(num_classes: int = 1000, in_channels: int = 3, small_input: bool = False, dropout: float = 0.5) -> VGG:
-        model = tv_builder(weights=None, num_classes=num_classes, dropout=dropout)
+    def builder(
+        num_classes: int = 1000, in_channels: int = 3, small_input: bool = False, dropout: float = 0.5, width: int = 64
+    ) -> VGG:
+        if width == 64:
+            model = tv_builder(weights=None, num_classes=num_classes, dropout=dropout)
+        else:
+            model = _narrow_vgg(config, name.endswith("_bn"), width, num_classes, dropout)
         model.features[0] = adapt_first_conv(model.features[0], in_channels)  # already 3x3, stride 1
         if small_input:
             first_pool = next(i for i, m in enumerate(model.features) if isinstance(m, nn.MaxPool2d))
@@ -45,8 +50,30 @@ def _vgg(name: str, tv_builder: Callable[..., VGG], config: str) -> Callable[...
     batch_norm = " with batch normalisation" if name.endswith("_bn") else ""
     builder.__name__ = builder.__qualname__ = name
     builder.__doc__ = f"""torchvision's VGG configuration {config}{batch_norm} (Simonyan & Zisserman 2015, table 1);
-    ``small_input``: see the module docstring."""
+    ``small_input``: see the module docstring; ``width``: channels of the first stage (64 in the paper), the
+    others scaled alike, the hidden fully connected layers ``64 * width`` wide (4096 in the paper)."""
     return register_model("classification", name, source="torchvision")(builder)
+
+
+def _narrow_vgg(config: str, batch_norm: bool, width: int, num_classes: int, dropout: float) -> VGG:
+    """torchvision's VGG of ``config`` with every width scaled by ``width / 64`` (a network a CPU can train, e.g. as
+    a segmentation encoder); torchvision's classifier is fixed at 512 x 7 x 7 -> 4096, so it is rebuilt to match, with
+    torchvision's initialisation (N(0, 0.01) weights, zero biases)."""
+    if width < 1:
+        raise ValueError(f"width must be a positive number of channels, got {width}")
+    layers = [v if v == "M" else max(1, int(v) * width // 64) for v in tvm.vgg.cfgs[config]]
+    model = VGG(tvm.vgg.make_layers(layers, batch_norm=batch_norm), num_classes=num_classes, dropout=dropout)
+    hidden = 64 * width
+    model.classifier = nn.Sequential(
+        nn.Linear(8 * width * 7 * 7, hidden), nn.ReLU(True), nn.Dropout(p=dropout),
+        nn.Linear(hidden, hidden), nn.ReLU(True), nn.Dropout(p=dropout),
+        nn.Linear(hidden, num_classes),
+    )  # fmt: skip
+    for layer in model.classifier:
+        if isinstance(layer, nn.Linear):
+            nn.init.normal_(layer.weight, 0, 0.01)
+            nn.init.zeros_(layer.bias)
+    return model
 
 
 vgg11 = _vgg("vgg11", tvm.vgg11, "A")
