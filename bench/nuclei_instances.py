@@ -1,5 +1,5 @@
 """Instance segmentation of the DSB2018 nuclei, scored as the 2018 Data Science Bowl scored it (Caicedo et al. 2019):
-each route trained from scratch on the CPU for the same wall-clock budget, evaluated on the validation images
+each route trained from scratch on the CPU for the same budget of CPU time, evaluated on the validation images
 (the 24 images ``DSB2018DataModule`` / ``NucleiInstanceDataModule`` hold out with ``val_size 0.2``, ``split_seed 0``).
 
 Routes (``--route``):
@@ -15,10 +15,14 @@ Routes (``--route``):
   union mask split by connected components (the ceiling of any method that cannot separate touching nuclei); and
   the post-processing's time per megapixel.
 
-Every training route uses ``bench._common.TimeBudget`` (linear warm-up, cosine decay over the budget) and is scored
-with its **last** weights (no checkpoint is selected on the validation images, which are the reported ones).
-Routes run as separate processes (``--threads 1`` each lets two share this 2-core machine); ``--collect`` merges
-their JSON files into one table.
+Every training route uses ``bench._common.TimeBudget`` (linear warm-up, cosine decay over the budget) on the
+process's **CPU time** (``--clock cpu``, the default; data loading in the process, ``--workers 0``, so it is
+counted too): routes that share the machine, or run beside other jobs, each get the same computation. Each is
+scored with its **last** weights (no checkpoint is selected on the validation images, which are the reported ones).
+The U-Net routes' watershed parameters (thresholds, seed rule) are chosen after training on 24 **training** images
+(``--select-on``; the grid is ``POSTPROCESSING_GRID``), written into the saved checkpoint, and then the validation
+images are scored once. Routes run as separate processes (``--threads 1`` each: four share this 2-core machine);
+``--collect`` merges their JSON files into one table.
 
     ZOO_DATA_DIR=../shared/data python bench/nuclei_instances.py --route maskrcnn --minutes 30 --threads 1
     python bench/nuclei_instances.py --route baselines
@@ -43,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import (  # noqa: E402
     RESULTS,
     TimeBudget,
+    add_precision_argument,
     cache_dir,
     data_dir,
     markdown_table,
@@ -110,8 +115,10 @@ def train_route(args: argparse.Namespace) -> dict[str, Any]:
         target = "three_class" if args.route == "unet3" else "two_class"
         model, dm = unet(args, target, weight_map=args.route != "unet2")
         max_lr = model._bench_lr
-    budget = TimeBudget(args.minutes * 60, max_lr=max_lr, warmup=0.05)
-    trainer, train_s = budget.fit(model, dm, max_epochs=100_000, log_every_n_steps=10)
+    budget = TimeBudget(args.minutes * 60, max_lr=max_lr, warmup=0.05, clock=args.clock)
+    trainer, train_s = budget.fit(model, dm, max_epochs=100_000, log_every_n_steps=10, precision=args.precision)
+    train_cpu_s = budget.elapsed()
+    selected = select_postprocessing(model, dm, args.select_on) if args.route != "maskrcnn" else None
     checkpoint = cache_dir() / f"nuclei_instances_{args.route}.ckpt"
     trainer.save_checkpoint(checkpoint)  # the last weights: `train.py test --ckpt_path` writes their full report
     start = time.perf_counter()
@@ -119,12 +126,64 @@ def train_route(args: argparse.Namespace) -> dict[str, Any]:
     evaluation_s = time.perf_counter() - start
     args.trained = (model, dm)  # for the figure, drawn after the results are written
     return {
-        "route": args.route, "minutes": args.minutes, "threads": torch.get_num_threads(),
-        "train_seconds": round(train_s, 1), "steps": trainer.global_step, "evaluation_seconds": round(evaluation_s, 1),
+        "route": args.route, "minutes": args.minutes, "threads": torch.get_num_threads(), "precision": args.precision,
+        "clock": args.clock, "train_seconds": round(train_s, 1), "train_cpu_seconds": round(train_cpu_s, 1),
+        "steps": trainer.global_step, "evaluation_seconds": round(evaluation_s, 1),
         "dsb_score": metrics.get("val/dsb_score"), "mask_map": metrics.get("val/mask_map"),
         "mask_map_50": metrics.get("val/mask_map_50"), "f1_50": metrics.get("val/f1_50"),
         "parameters": sum(p.numel() for p in model.parameters()), "checkpoint": str(checkpoint),
+        "postprocessing": selected,
     }  # fmt: skip
+
+
+POSTPROCESSING_GRID = {
+    "three_class": [
+        {"foreground_threshold": f, "interior_threshold": i, "elevation": e, "min_seed_size": m}
+        for f in (0.4, 0.5, 0.6) for i in (0.3, 0.4, 0.5, 0.6, 0.7) for e in ("probability", "distance")
+        for m in (3, 10)
+    ],
+    "two_class": [
+        {"foreground_threshold": f, "seed_method": "erosion", "erosion": e} for f in (0.4, 0.5, 0.6) for e in range(6)
+    ] + [
+        {"foreground_threshold": f, "seed_method": "maxima", "h": h} for f in (0.4, 0.5, 0.6) for h in (1.0, 2.0, 3.0)
+    ],
+}  # fmt: skip
+
+
+def select_postprocessing(model: pl.LightningModule, dm: pl.LightningDataModule, count: int) -> dict[str, Any] | None:
+    """Choose the watershed's parameters on the first ``count`` **training** images (whole, unaugmented) by their
+    DSB score, and set them on ``model`` (its post-processor and hyperparameters, so the saved checkpoint and
+    ``train.py test`` use them). The validation images, which are reported, play no part. ``count`` 0: keep the
+    config's parameters. Returns the chosen parameters with their training-image score and the config's."""
+    import dataclasses
+
+    from datamodules.segmentation import SegmentationImages
+    from zoo.core.instance_metrics import dsb_score
+    from zoo.segmentation.instances import instances_from_probabilities
+
+    if count <= 0:
+        return None
+    model.eval()
+    samples = dm.train_samples[:count]
+    images = SegmentationImages(samples, dm.mean, dm.std)
+    probs, truths = [], []
+    with torch.no_grad():
+        for item in images:
+            probs.append(model.segment(item["image"][None]).float().softmax(1)[0].numpy())
+            truths.append(item["instances"].numpy())
+    config = dataclasses.asdict(model.postprocessor)
+
+    def score(params: dict[str, Any]) -> float:
+        merged = {**config, **params}
+        labels = [instances_from_probabilities(p, **merged) for p in probs]
+        return float(np.mean([dsb_score(lab, t) for lab, t in zip(labels, truths, strict=True)]))
+
+    scored = [(score(params), params) for params in POSTPROCESSING_GRID[model.postprocessor.mode]]
+    best_score, best = max(scored, key=lambda pair: pair[0])
+    model.postprocessor = dataclasses.replace(model.postprocessor, **best)
+    model.hparams.update(best)
+    return {**best, "training_images": len(samples), "training_dsb_score": round(best_score, 4),
+            "config_training_dsb_score": round(score({}), 4)}  # fmt: skip
 
 
 def save_figure(model: pl.LightningModule, dm: pl.LightningDataModule, path: Path) -> None:
@@ -245,13 +304,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--route", choices=ROUTES)
     parser.add_argument("--collect", action="store_true", help="merge the routes' JSON files into one table")
-    parser.add_argument("--minutes", type=float, default=30.0, help="training budget (wall clock)")
+    parser.add_argument("--minutes", type=float, default=30.0, help="training budget, minutes of --clock")
+    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                        help="cpu: the process's CPU time (routes sharing the cores each get the full budget)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1: two routes share 2 cores)")
     parser.add_argument("--image-size", type=int, default=512, help="Mask R-CNN input size (min = max side)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (Mask R-CNN)")
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=0, help="loader workers (0: their CPU time is counted)")
+    add_precision_argument(parser)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--select-on", type=int, default=24,
+                        help="choose the U-Net routes' watershed parameters on this many training images (0: config)")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", default=None)
     parser.add_argument("--figure", default=None, help="save outlines on a validation image to this PNG")
