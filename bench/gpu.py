@@ -17,8 +17,8 @@ H100 / H200 with the defaults (most of it the compilation).
    Trainer (accelerator gpu, ``--precision`` default bf16-mixed, ``benchmark=True``: cuDNN picks its
    convolution algorithms, as timm's benchmark does), fed one synthetic batch that stays on the GPU (the same
    tensors every step: no loader, no host-to-device copy, so the network alone is timed). **Channels-last**: the
-   zoo has no setting for it, so this script converts the module (``model.to(memory_format=torch.channels_last)``)
-   and makes the batch channels-last. First eager, then ``compile=True`` (ZooModule's ``torch.compile`` of the
+   module's ``channels_last=True`` (``--model.init_args.channels_last true``), and the batch made channels-last.
+   First eager, then ``compile=True`` (ZooModule's ``torch.compile`` of the
    network, what ``--model.init_args.compile true`` runs; ``--compile-mode``). ``--warmup-steps`` untimed steps
    (the compiled run's first step compiles: its excess over a steady step is reported as ``compile_s``), then
    ``--steps`` timed ones between two ``torch.cuda.synchronize``: images/s and ms/step.
@@ -234,15 +234,13 @@ class StepTimer(pl.Callback):
 def build_classifier(network: str, compile: bool, compile_mode: str, channels_last: bool) -> pl.LightningModule:
     from zoo.classification import ImageClassifier
 
-    model = ImageClassifier(
+    # channels_last: what --model.init_args.channels_last true runs (NHWC weights and inputs: cuDNN's tensor-core
+    # convolutions skip the layout transposes around every convolution)
+    return ImageClassifier(
         network=network, num_classes=NUM_CLASSES, in_channels=3, compile=compile, compile_mode=compile_mode,
+        channels_last=channels_last,
         optimizer=functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=1e-4),
     )  # fmt: skip
-    if channels_last:
-        # The zoo has no channels-last setting: NHWC weights make cuDNN's tensor-core convolutions skip the
-        # layout transposes around every convolution.
-        model = model.to(memory_format=torch.channels_last)
-    return model
 
 
 def train_throughput(args: argparse.Namespace, compile: bool, devices: int = 1) -> dict[str, Any]:

@@ -153,13 +153,13 @@ def test_compile_reaches_the_module_and_names_the_network_it_calls(path):
     model = cls(**TINY[path], compile=True, compile_mode="max-autotune-no-cudagraphs")
     assert model.compile_on_setup and model.compile_mode == "max-autotune-no-cudagraphs"
     assert model.hparams["compile"] is True
-    assert model.networks_to_compile() == {"net": model.net}
+    assert model.called_networks() == {"net": model.net}
 
 
 def test_generative_models_compile_the_parts_their_steps_call():
     vae, gan = VAE(compile=True), GAN(compile=True)
-    assert vae.networks_to_compile() == {"encoder": vae.encoder, "decoder": vae.decoder}
-    assert gan.networks_to_compile() == {"generator": gan.generator, "discriminator": gan.discriminator}
+    assert vae.called_networks() == {"encoder": vae.encoder, "decoder": vae.decoder}
+    assert gan.called_networks() == {"generator": gan.generator, "discriminator": gan.discriminator}
     vae.compile_networks()  # compiling is lazy: this only wraps the calls
     assert vae.encoder._compiled_call_impl is not None and vae.net._compiled_call_impl is None
 

@@ -79,7 +79,8 @@ class ImageClassifier(ZooModule):
         lr_scheduler: any ``torch.optim.lr_scheduler`` class; OneCycleLR gets ``total_steps``
             from the trainer when not given, and steps per batch. ReduceLROnPlateau watches ``val/loss``.
         lr_scheduler_interval: ``auto`` (per step for OneCycleLR/CyclicLR, else per epoch).
-        compile, compile_mode: ``torch.compile`` of the network, as in :class:`~zoo.core.module.ZooModule`.
+        compile, compile_mode, channels_last: ``torch.compile`` and the memory format of the network, as in
+            :class:`~zoo.core.module.ZooModule`.
         class_names: names for per-class metrics and figures; linked from the datamodule.
         pretrained: the weights the network starts from (:mod:`zoo.core.weight_sources`): a local file (a
             torchvision / timm state dict, a dict holding one under ``state_dict`` / ``model``, or a zoo checkpoint,
@@ -130,6 +131,7 @@ class ImageClassifier(ZooModule):
         lr_scheduler_interval: SchedulerInterval = "auto",
         compile: bool = False,
         compile_mode: CompileMode = "default",
+        channels_last: bool = False,
         class_names: list[str] | None = None,
         pretrained: str | None = None,
         freeze_stages: int = 0,
@@ -147,7 +149,7 @@ class ImageClassifier(ZooModule):
     ) -> None:
         super().__init__(
             optimizer=optimizer, lr_scheduler=lr_scheduler, lr_scheduler_interval=lr_scheduler_interval,
-            compile=compile, compile_mode=compile_mode,
+            compile=compile, compile_mode=compile_mode, channels_last=channels_last,
         )  # fmt: skip
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class_names given for num_classes={num_classes}")

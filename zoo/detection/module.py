@@ -47,7 +47,7 @@ class ObjectDetector(ZooModule):
         weights: local whole-detector weights (class-dependent layers of another shape skipped).
         image_size: network input size (see :mod:`zoo.detection.models`); None: the network's default.
         network_kwargs: other keyword arguments of the builder / ``FasterRCNN`` / ``SSD``.
-        optimizer, lr_scheduler, lr_scheduler_interval, compile, compile_mode: as in
+        optimizer, lr_scheduler, lr_scheduler_interval, compile, compile_mode, channels_last: as in
             :class:`~zoo.core.module.ZooModule` (ReduceLROnPlateau watches ``val/map``).
         score_threshold: detections drawn and counted in the confusion matrix.
         iou_threshold: IoU of a true positive for PR curves and the confusion matrix (COCO's mAP
@@ -78,6 +78,7 @@ class ObjectDetector(ZooModule):
         lr_scheduler_interval: SchedulerInterval = "auto",
         compile: bool = False,
         compile_mode: CompileMode = "default",
+        channels_last: bool = False,
         score_threshold: float = 0.5,
         iou_threshold: float = 0.5,
         category_ids: list[int] | None = None,
@@ -87,7 +88,7 @@ class ObjectDetector(ZooModule):
     ) -> None:
         super().__init__(
             optimizer=optimizer, lr_scheduler=lr_scheduler, lr_scheduler_interval=lr_scheduler_interval,
-            compile=compile, compile_mode=compile_mode,
+            compile=compile, compile_mode=compile_mode, channels_last=channels_last,
         )  # fmt: skip
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class_names given for num_classes={num_classes}")

@@ -204,7 +204,7 @@ class GenerativeModule(ZooModule):
             )
         return net
 
-    def networks_to_compile(self) -> dict[str, nn.Module]:
+    def called_networks(self) -> dict[str, nn.Module]:
         """``compile`` compiles the network's parts (``encoder`` / ``decoder``, ``generator`` / ``discriminator``):
         the steps call them, never the whole network's forward."""
         return {part: getattr(self.net, part) for part in NETWORK_KINDS[self.network_kind].parts}

@@ -51,7 +51,7 @@ class SemanticSegmenter(ZooModule):
             the data), ``dice``, ``jaccard``, ``focal``, ``lovasz``, ``tversky``, or a sum such as
             ``weighted_ce+dice`` (:func:`zoo.segmentation.losses.build_loss`).
         loss_kwargs: keyword arguments of the loss.
-        optimizer, lr_scheduler, lr_scheduler_interval, compile, compile_mode: as in
+        optimizer, lr_scheduler, lr_scheduler_interval, compile, compile_mode, channels_last: as in
             :class:`~zoo.core.module.ZooModule`.
         foreground_class: class whose connected components are the objects of the Rand error, and the
             positive class of the ISBI pixel error; None skips both.
@@ -76,6 +76,7 @@ class SemanticSegmenter(ZooModule):
         lr_scheduler_interval: SchedulerInterval = "auto",
         compile: bool = False,
         compile_mode: CompileMode = "default",
+        channels_last: bool = False,
         class_names: list[str] | None = None,
         foreground_class: int | None = 1,
         tile_size: int | None = None,
@@ -87,7 +88,7 @@ class SemanticSegmenter(ZooModule):
     ) -> None:
         super().__init__(
             optimizer=optimizer, lr_scheduler=lr_scheduler, lr_scheduler_interval=lr_scheduler_interval,
-            compile=compile, compile_mode=compile_mode,
+            compile=compile, compile_mode=compile_mode, channels_last=channels_last,
         )  # fmt: skip
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class_names given for num_classes={num_classes}")
