@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -72,7 +73,8 @@ def run_once(config: str, seed: int, data: str, probe_steps: int, extra: list[st
     cli = main(
         ["--config", config, f"--seed_everything={seed}", f"--data.init_args.data_dir={data}",
          "--trainer.logger=false", "--trainer.enable_checkpointing=false", "--trainer.callbacks=null",
-         "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", *extra],
+         "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+         f"--trainer.default_root_dir={tempfile.mkdtemp(prefix='mnist_bench_')}", *extra],  # its config.yaml
         run=False,
     )
     probe = TestSetProbe(probe_steps)
