@@ -123,8 +123,9 @@ def test_a_config_file_weight_shape_value_that_differs_from_the_checkpoints_name
         (["--data.init_args.batchsize", "3"], ["DigitsDataModule has no argument 'batchsize'", "'batch_size'"]),
         (["--trainer.max_epochs", "many"], ["trainer.max_epochs: expected int or null, got many"]),
         (["--model.init_args.optimizer.lr", "fast"], ["model.init_args.optimizer.lr: expected float, got fast"]),
+        (["--trainer.precision", "bf17"], ["trainer.precision: expected one of 'auto', ", "'bf16-mixed'", "got bf17"]),
     ],
-    ids=["model-key", "trainer-key", "data-key", "trainer-type", "nested-type"],
+    ids=["model-key", "trainer-key", "data-key", "trainer-type", "nested-type", "precision-choice"],
 )
 def test_a_mistyped_key_or_value_is_one_line_naming_it_and_its_close_matches(words, expected):
     from zoo.cli import CommandLineError

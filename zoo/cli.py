@@ -119,16 +119,22 @@ def argument_error_message(parser: LightningArgumentParser, message: str) -> str
         return (f"unknown option {key!r}{where_given(key)}. Fix: {close_matches_hint(key, option_keys(parser))} "
                 f"({help_hint}).")
     expected = [m.group(1) for line in lines if (m := re.search(r"Expected a <class '([^']+)'>", line))]
+    # A Literal alternative (e.g. precision's 'bf16-mixed', '32-true', ..., and the zoo's 'auto'): name its values.
+    choices = [value for line in lines if (m := re.search(r"Expected a typing\.Literal\[(.+)\]$", line))
+               for value in m.group(1).split(", ")]  # fmt: skip
     inner_keys = [m.group(1) for line in lines[1:] for m in re.finditer(r'Parser key "([^"]+)"', line)]
     values = [m.group(1) for line in lines for m in re.finditer(r"(?:Got value|Given value): (.+?)(?:\. Got value|$)",
                                                                  line)]
     got = next((v for v in values if not v.startswith(("Namespace(", "NestedArg(", "{"))), None)
-    if expected and top_key:
+    if (expected or choices) and top_key:
         key = ".".join([top_key, "init_args", *inner_keys] if inner_keys and class_path else [top_key, *inner_keys])
         if class_path:  # the NoneType there is the alternative to the whole model / data class, not to this value
             expected = [k for k in expected if k != "NoneType"] or expected
         kinds = " or ".join(dict.fromkeys(k.replace("NoneType", "null") for k in expected))
-        return f"{key}: expected {kinds}, got {got}{where_given(key)}. Fix: give a value of that type ({help_hint})."
+        if choices:
+            kinds = f"one of {', '.join(dict.fromkeys(choices))}" + (f", or {kinds}" if kinds else "")
+        fix = "give one of these values" if choices else "give a value of that type"
+        return f"{key}: expected {kinds}, got {got}{where_given(key)}. Fix: {fix} ({help_hint})."
     # Anything else: jsonargparse's own words, without the dumps of the value it was given.
     dumps = ("Given value", "Subtypes:", "- Expected a <class 'NoneType'>")
     kept = [line for line in lines if line and not line.startswith(dumps)]
