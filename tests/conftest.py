@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 # albumentations asks pypi.org for a newer version when imported: tests (and their subprocesses) stay offline.
@@ -66,6 +67,16 @@ def _quiet_and_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     # LightningCLI(args=...) warns when sys.argv also carries arguments (pytest's own).
     monkeypatch.setattr("sys.argv", ["train.py"])
+
+
+@pytest.fixture(autouse=True)
+def _restore_deterministic_algorithms() -> Iterator[None]:
+    # Trainer(deterministic=True) switches torch.use_deterministic_algorithms on for the whole process and leaves it
+    # on: a later test of an op without a deterministic kernel (max_unpool2d) would fail only after such a test.
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    yield
+    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
 @pytest.fixture(scope="session", autouse=True)
