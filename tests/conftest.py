@@ -70,13 +70,17 @@ def _quiet_and_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _restore_deterministic_algorithms() -> Iterator[None]:
+def _restore_torch_global_settings() -> Iterator[None]:
     # Trainer(deterministic=True) switches torch.use_deterministic_algorithms on for the whole process and leaves it
     # on: a later test of an op without a deterministic kernel (max_unpool2d) would fail only after such a test.
+    # The same for the intra-op thread count, which some tests lower to 1 (results differ in the last bits with it).
     enabled = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    threads = torch.get_num_threads()
     yield
     torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session", autouse=True)

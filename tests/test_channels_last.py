@@ -3,6 +3,7 @@ training matches the contiguous run to rounding, and the checkpoint loads into a
 
 from __future__ import annotations
 
+import pytest
 import pytorch_lightning as pl
 import torch
 
@@ -54,7 +55,10 @@ def test_channels_last_trains_in_nhwc_as_the_contiguous_run_and_its_checkpoint_l
     plain, _ = _fit(_classifier(channels_last=False), loader, tmp_path)
     assert nhwc.nhwc and all(nhwc.nhwc) and not any(plain.nhwc)
     assert nhwc_model.net.features[4].weight.is_contiguous(memory_format=torch.channels_last)  # the 8 -> 16 conv
-    torch.testing.assert_close(torch.tensor(nhwc.losses), torch.tensor(plain.losses), rtol=1e-4, atol=0)
+    # The first loss is computed before any update: the two layouts' kernels agree to rounding. The later ones follow
+    # updates at lr 0.1 from gradients summed in another order (measured up to 4e-4 relative at the third step).
+    assert nhwc.losses[0] == pytest.approx(plain.losses[0], rel=1e-5)
+    torch.testing.assert_close(torch.tensor(nhwc.losses), torch.tensor(plain.losses), rtol=2e-3, atol=0)
 
     trainer.save_checkpoint(tmp_path / "nhwc.ckpt")
     loaded = ImageClassifier.load_from_checkpoint(tmp_path / "nhwc.ckpt", channels_last=False)
