@@ -63,6 +63,12 @@ def plain_run(config: str, data: str, steps: int, warmup: int, initial: dict) ->
     net = copy.deepcopy(cli.model.net)
     net.load_state_dict(initial)
     net.train()
+    # What the config runs on the zoo side: its precision as the CLI resolved it (auto: bf16 autocast where the CPU
+    # computes bf16 natively) and its memory format.
+    bf16 = str(cli.trainer.precision) == "bf16-mixed"
+    channels_last = bool(cli.config["model"]["init_args"].get("channels_last"))
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
     dm = cli.datamodule
     dm.setup("fit")
     init = cli.config["model"]["init_args"]
@@ -77,7 +83,10 @@ def plain_run(config: str, data: str, steps: int, warmup: int, initial: dict) ->
         if step == steps:
             break
         images = dm.augment_batch(images)
-        loss = F.cross_entropy(net(images), labels, label_smoothing=smoothing)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(net(images), labels, label_smoothing=smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
