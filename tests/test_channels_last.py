@@ -65,3 +65,12 @@ def test_channels_last_trains_in_nhwc_as_the_contiguous_run_and_its_checkpoint_l
     images = data.train_set.images[:8]
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(images), nhwc_model.eval()(images), rtol=1e-4, atol=1e-5)
+
+
+def test_channels_last_on_a_module_without_a_network_stops_with_the_reason_instead_of_doing_nothing():
+    from zoo.core.errors import ZooUserError
+
+    model = _classifier(channels_last=True)
+    del model.net
+    with pytest.raises(ZooUserError, match="names no network to convert"):
+        model.use_channels_last()

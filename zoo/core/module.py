@@ -226,8 +226,14 @@ class ZooModule(pl.LightningModule):
         call (a forward pre-hook), where oneDNN / cuDNN convolutions run faster (measured: the MNIST convnet's
         training step 1.4x faster in float32, 2x with bf16 on an AMX CPU). Values and state-dict keys are unchanged:
         checkpoints load into either format. Returns the names converted."""
+        targets = self.called_networks()
+        if not targets:
+            raise ZooUserError(
+                f"channels_last=True, but {type(self).__name__} names no network to convert (it has no ``net``). Fix: "
+                f"set channels_last to false, or override called_networks."
+            )
         converted = []
-        for name, net in self.called_networks().items():
+        for name, net in targets.items():
             net.to(memory_format=torch.channels_last)
             if getattr(net, "_zoo_channels_last_hook", None) is None:
                 net._zoo_channels_last_hook = net.register_forward_pre_hook(_channels_last_inputs)

@@ -61,7 +61,7 @@ def _narrow_vgg(config: str, batch_norm: bool, width: int, num_classes: int, dro
     torchvision's initialisation (N(0, 0.01) weights, zero biases)."""
     if width < 1:
         raise ValueError(f"width must be a positive number of channels, got {width}")
-    layers = [v if v == "M" else max(1, int(v) * width // 64) for v in tvm.vgg.cfgs[config]]
+    layers = [v if v == "M" else int(v) * width // 64 for v in tvm.vgg.cfgs[config]]  # 64 -> width, 512 -> 8 width
     model = VGG(tvm.vgg.make_layers(layers, batch_norm=batch_norm), num_classes=num_classes, dropout=dropout)
     hidden = 64 * width
     model.classifier = nn.Sequential(
