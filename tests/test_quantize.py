@@ -94,3 +94,10 @@ def test_the_command_line_prints_the_int8_outcome(trained_mnist, tmp_path, capsy
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "(int8): accuracy" in printed and "speedup" in printed
+
+
+def test_calibration_settings_without_quantize_stop_instead_of_being_ignored(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["--ckpt", str(tmp_path / "any.ckpt"), "--calibration-batches", "4"])
+    assert stopped.value.code == 2
+    assert "belong to --quantize" in capsys.readouterr().err

@@ -756,10 +756,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quantize", choices=QUANTIZATIONS, help="also write an INT8 ONNX file (static, calibrated)")
     parser.add_argument(
-        "--calibration-batches", type=int, default=8, help="--quantize: training batches to calibrate on"
+        "--calibration-batches", type=int, help="--quantize: training batches to calibrate on (default 8)"
     )
     parser.add_argument("--eval-batches", type=int, help="--quantize: test batches to compare on (default: all)")
     args = parser.parse_args(argv)
+    if args.quantize is None and (args.calibration_batches is not None or args.eval_batches is not None):
+        parser.error("--calibration-batches and --eval-batches belong to --quantize. Fix: add --quantize int8, or "
+                     "leave them out.")  # fmt: skip
+    if args.calibration_batches is None:
+        args.calibration_batches = 8
     try:
         report = export_checkpoint(
             args.ckpt,
