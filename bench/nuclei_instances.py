@@ -325,6 +325,9 @@ def main() -> None:
         return
     if args.route is None:
         parser.error("give --route (or --collect)")
+    if args.clock == "cpu" and args.workers > 0:
+        parser.error("--clock cpu counts this process only: loader workers' CPU time would go uncounted. Fix: "
+                     "--workers 0, or --clock wall.")  # fmt: skip
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = baselines(args) if args.route == "baselines" else [train_route(args)]
