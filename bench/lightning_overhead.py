@@ -51,11 +51,15 @@ from zoo.cli import main  # noqa: E402
 # The zoo side without one of its parts at a time (``--ablations``): the extra command-line arguments of each.
 ABLATIONS: dict[str, list[str]] = {
     "progress bar at 100 Hz (Lightning's default)": [
-        '--trainer.callbacks=[{"class_path": "zoo.cli.ZooProgressBar", "init_args": {"refresh_rate": 100}}]'],
+        '--trainer.callbacks=[{"class_path": "zoo.cli.ZooProgressBar", "init_args": {"refresh_rate": 100}}]'
+    ],
     "no progress bar": ["--trainer.enable_progress_bar=false"],
     "no logger": ["--trainer.logger=false"],
     "no progress bar, no logger (loop, hooks, closure)": [
-        "--trainer.enable_progress_bar=false", "--trainer.logger=false", "--trainer.enable_model_summary=false"],
+        "--trainer.enable_progress_bar=false",
+        "--trainer.logger=false",
+        "--trainer.enable_model_summary=false",
+    ],
 }
 
 # Where a function's self time goes in the ``--profile`` table: the first fragment of its file path that matches.
@@ -139,16 +143,33 @@ class Interleaver(pl.Callback):
             self.profile.disable()
 
 
-def interleaved_run(config: str, data: str, steps: int, warmup: int, initial: dict, log_dir: str,
-                    extra: list[str] | None = None, profile: cProfile.Profile | None = None) -> dict[str, float]:
+def interleaved_run(
+    config: str,
+    data: str,
+    steps: int,
+    warmup: int,
+    initial: dict,
+    log_dir: str,
+    extra: list[str] | None = None,
+    profile: cProfile.Profile | None = None,
+) -> dict[str, float]:
     """One zoo ``fit`` of ``steps`` steps with a plain step after each (none when profiling): ms per step of
     each side after ``warmup`` steps, and their ratio."""
     callbacks = [] if any(a.startswith("--trainer.callbacks=") for a in extra or []) else ["--trainer.callbacks=null"]
     cli = main(
-        ["--config", config, f"--data.init_args.data_dir={data}", "--trainer.max_epochs=1",
-         f"--trainer.limit_train_batches={steps}", "--trainer.limit_val_batches=0",
-         "--trainer.num_sanity_val_steps=0", "--trainer.enable_checkpointing=false", *callbacks,
-         f"--trainer.logger.init_args.save_dir={log_dir}", *(extra or [])],
+        [
+            "--config",
+            config,
+            f"--data.init_args.data_dir={data}",
+            "--trainer.max_epochs=1",
+            f"--trainer.limit_train_batches={steps}",
+            "--trainer.limit_val_batches=0",
+            "--trainer.num_sanity_val_steps=0",
+            "--trainer.enable_checkpointing=false",
+            *callbacks,
+            f"--trainer.logger.init_args.save_dir={log_dir}",
+            *(extra or []),
+        ],
         run=False,
     )
     cli.model.net.load_state_dict(initial)
@@ -183,6 +204,7 @@ def main_bench(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--data-dir")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
+    sys.argv = sys.argv[:1]  # the CLI below gets its arguments explicitly, not this script's
     if args.steps <= args.warmup:
         parser.error(f"--steps ({args.steps}) must exceed --warmup ({args.warmup})")
     data = data_dir(args.data_dir)
@@ -197,15 +219,24 @@ def main_bench(argv: list[str] | None = None) -> dict[str, Any]:
             for name, extra in variants.items():  # round-robin: every variant sees the same stretch of the machine
                 run = interleaved_run(args.config, data, args.steps, args.warmup, initial, log_dir, extra)
                 runs[name].append(run)
-                print(f"run {i + 1}, {name}: zoo {run['zoo_ms']:.2f} ms/step, plain {run['plain_ms']:.2f} ms/step, "
-                      f"ratio {run['ratio']:.3f}", flush=True)
+                print(
+                    f"run {i + 1}, {name}: zoo {run['zoo_ms']:.2f} ms/step, plain {run['plain_ms']:.2f} ms/step, "
+                    f"ratio {run['ratio']:.3f}",
+                    flush=True,
+                )
         if profile is not None:
             interleaved_run(args.config, data, args.steps, args.warmup, initial, log_dir, profile=profile)
     shipped = runs["as shipped"]
     median_ratio = statistics.median(r["ratio"] for r in shipped)
     rows = [[i + 1, r["plain_ms"], r["zoo_ms"], r["ratio"]] for i, r in enumerate(shipped)]
-    rows.append(["median", statistics.median(r["plain_ms"] for r in shipped),
-                 statistics.median(r["zoo_ms"] for r in shipped), median_ratio])
+    rows.append(
+        [
+            "median",
+            statistics.median(r["plain_ms"] for r in shipped),
+            statistics.median(r["zoo_ms"] for r in shipped),
+            median_ratio,
+        ]
+    )
     print(f"\nLightning overhead ({Path(args.config).name}, {args.steps} steps, interleaved, {machine()['cpu']})")
     print(markdown_table(["run", "plain ms/step", "zoo ms/step", "zoo / plain"], rows))
     payload: dict[str, Any] = {
