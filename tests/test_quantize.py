@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import onnx
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -15,12 +16,16 @@ from tests.evaluation.conftest import isbi_run  # noqa: F401  (the tiny U-Net ru
 from zoo.classification import ImageClassifier
 from zoo.export import export_checkpoint, main
 
-# The bounds of the round trip on a trained MNIST convnet (about 95% test accuracy): the int8 model's predicted digit
-# agrees with the float one on at least 95% of the official test digits, its logits differ by less than 2.0 anywhere
-# (logits reach about 15), and its accuracy is within 2 points of the float model's.
-MIN_AGREEMENT = 0.95
-MAX_LOGIT_DIFF = 2.0
-MAX_ACCURACY_DROP = 0.02
+# The bounds of the round trip on a trained MNIST convnet (about 96% test accuracy), with the first convolution in
+# float (the default): the int8 model's predicted digit agrees with the float one on at least 99% of the official test
+# digits, its logits (which reach about 15) differ by less than 0.2 on average, and its accuracy is within 1 point of
+# the float model's. Measured with seeds 0 and 1: agreement 0.998-0.999, mean difference 0.04, drop 0.0004 and 0;
+# with every layer in int8: agreement 0.981-0.987, mean difference 0.36-0.57. The *largest* difference is reported
+# but not bounded: one logit among 20,000 went from 0.6 to 4.8 between two seeds, and another CPU gave 2.9 where
+# this one gave 1.9.
+MIN_AGREEMENT = 0.99
+MAX_MEAN_LOGIT_DIFF = 0.2
+MAX_ACCURACY_DROP = 0.01
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +64,31 @@ def test_int8_classifier_agrees_with_the_float_one_on_real_mnist_test_digits(tra
     assert quantized["metric"] == "accuracy" and quantized["test_images"] == 2000  # two batches of 1000
     _numbers(quantized, ["float", "int8", "drop", "max_abs_diff", "mean_abs_diff", "argmax_agreement"])
     _numbers(quantized["speed"], ["batch", "threads", "float_ms", "int8_ms", "speedup"])
-    assert quantized["argmax_agreement"] >= MIN_AGREEMENT
-    assert quantized["max_abs_diff"] < MAX_LOGIT_DIFF and 0 < quantized["mean_abs_diff"] <= quantized["max_abs_diff"]
+    assert quantized["argmax_agreement"] >= MIN_AGREEMENT and len(quantized["kept_float"]) == 1
+    mean_diff = quantized["mean_abs_diff"]
+    assert 0 < mean_diff < MAX_MEAN_LOGIT_DIFF and mean_diff <= quantized["max_abs_diff"]
     assert quantized["float"] > 0.8 and abs(quantized["drop"]) <= MAX_ACCURACY_DROP  # a trained model, kept
     assert "4 batches, 256 images" in quantized["calibration"]
     saved = json.loads(out.with_name(out.name + ".json").read_text())
     assert saved["quantization"] == quantized and saved["parity"]["passed"]  # the float file's own check stays
+
+
+def test_leaving_the_first_convolution_in_float_brings_the_int8_logits_closer(trained_mnist, tmp_path):
+    reports = {
+        keep: export_checkpoint(trained_mnist, "onnx", tmp_path / f"{keep}.onnx", quantize="int8",
+                                calibration_batches=4, eval_batches=2, keep_float=keep)["quantization"]
+        for keep in ("first_conv", "none")
+    }  # fmt: skip
+    assert reports["none"]["kept_float"] == [] and len(reports["first_conv"]["kept_float"]) == 1
+    graph = onnx.load(reports["first_conv"]["file"]).graph
+    dequantized = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"}
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    assert convs[0].name == reports["first_conv"]["kept_float"][0] and convs[0].input[1] not in dequantized
+    assert all(conv.input[1] in dequantized for conv in convs[1:])  # the others read int8 weights
+    assert reports["first_conv"]["mean_abs_diff"] < reports["none"]["mean_abs_diff"] / 2
+    assert reports["first_conv"]["argmax_agreement"] >= reports["none"]["argmax_agreement"]
+    with pytest.raises(ValueError, match="keep_float='all'. Fix: one of first_conv, none"):
+        export_checkpoint(trained_mnist, "onnx", quantize="int8", keep_float="all")
 
 
 def test_int8_segmenter_reports_mean_iou_on_real_isbi_images(isbi_run, tmp_path):  # noqa: F811
@@ -101,3 +125,6 @@ def test_calibration_settings_without_quantize_stop_instead_of_being_ignored(tmp
         main(["--ckpt", str(tmp_path / "any.ckpt"), "--calibration-batches", "4"])
     assert stopped.value.code == 2
     assert "belong to --quantize" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--ckpt", str(tmp_path / "any.ckpt"), "--keep-float", "none"])
+    assert "--keep-float belong to --quantize" in capsys.readouterr().err
