@@ -1,6 +1,7 @@
 """The speed benchmarks of issue 21 measure what they say: ``bench/lightning_overhead.py`` interleaves one plain step
 after every zoo step and divides their sums; ``bench/compile_speed.py``'s pay-off step is where the cumulative times
-cross (measured in the run, else extrapolated, else never)."""
+cross (measured in the run, else extrapolated, else never); ``bench/predict_throughput.py``'s hand-written predictor
+computes what the zoo's ``predict_step`` does, one batch after each of the zoo's."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
-from bench import compile_speed, lightning_overhead
+from bench import compile_speed, lightning_overhead, predict_throughput
 
 
 def test_payoff_step_is_the_first_step_where_the_compiled_run_has_caught_up() -> None:
@@ -59,3 +61,44 @@ def test_interleaver_runs_the_plain_step_once_per_zoo_step() -> None:
         interleaver.on_train_batch_end(None, None, None, None, index)
     assert len(calls) == 3 and interleaver.plain_times == [0.001] * 3 and len(interleaver.zoo_times) == 3
 
+
+@pytest.mark.parametrize("family", ["classification", "detection", "generation"])
+def test_the_hand_written_predictor_computes_what_the_zoo_predict_step_does(
+    family: str, data_root: Path, tmp_path: Path
+) -> None:
+    cli = predict_throughput.build_cli(family, str(data_root), tmp_path, canvases=4)
+    module, datamodule = cli.model.eval(), cli.datamodule
+    module.setup("predict")  # the config's memory format, as the trainer would
+    module.on_predict_epoch_start()
+    datamodule.setup("predict")
+    batch = next(iter(datamodule.predict_dataloader()))
+    plain = predict_throughput.plain_predictor(family, module, tmp_path)
+    torch.manual_seed(0)
+    hand = plain(batch)
+    torch.manual_seed(0)  # the generative models sample their noise: the same noise on both sides
+    with torch.inference_mode():
+        zoo = module.predict_step(batch, 0)
+    if family == "classification":
+        torch.testing.assert_close(hand, zoo["probabilities"])
+    elif family == "generation":
+        torch.testing.assert_close(hand, zoo["samples"])
+    else:
+        assert len(hand) == len(zoo) == len(batch["images"])
+        for ours, theirs in zip(hand, zoo, strict=True):
+            torch.testing.assert_close(ours["boxes"], theirs["boxes"])
+            assert torch.equal(ours["labels"], theirs["labels"])
+        assert len(list(tmp_path.glob("plain_*_boxes.png"))) == len(batch["images"])
+
+
+def test_predict_bench_reports_both_throughputs_and_their_ratio(data_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "predict.json"
+    result = predict_throughput.main_bench(
+        ["--families", "classification", "--runs", "1", "--limit-batches", "3", "--warmup", "1",
+         "--data-dir", str(data_root), "--out", str(out)]
+    )  # fmt: skip
+    (run,) = result["families"]["classification"]["runs"]
+    assert run["batches"] == 3 and run["images"] > 0
+    for key in ("zoo_images_per_s", "plain_images_per_s"):
+        assert math.isfinite(run[key]) and run[key] > 0, key
+    assert run["ratio"] == pytest.approx(run["zoo_images_per_s"] / run["plain_images_per_s"])
+    assert json.loads(out.read_text())["compile"] is False
