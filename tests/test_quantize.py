@@ -128,3 +128,18 @@ def test_calibration_settings_without_quantize_stop_instead_of_being_ignored(tmp
     with pytest.raises(SystemExit):
         main(["--ckpt", str(tmp_path / "any.ckpt"), "--keep-float", "none"])
     assert "--keep-float belong to --quantize" in capsys.readouterr().err
+
+
+def test_the_int8_bench_scores_both_variants_and_times_the_three_files_interleaved(trained_mnist, tmp_path):
+    from bench import quantize_int8
+
+    out = tmp_path / "int8.json"
+    payload = quantize_int8.main_bench(
+        ["--ckpt", str(trained_mnist), "--calibration-batches", "2", "--repeats", "2", "--out", str(out)]
+    )
+    (result,) = payload["results"]
+    assert result["metric"] == "accuracy" and result["test_images"] == 10000  # the whole official test set
+    assert set(result["ms"]) == {"float", "int8", "int8_all"} and all(ms > 0 for ms in result["ms"].values())
+    assert result["speedup"] == pytest.approx(result["ms"]["float"] / result["ms"]["int8"])
+    assert result["drop"] == pytest.approx(result["float"] - result["int8"]) and len(result["kept_float"]) == 1
+    assert json.loads(out.read_text())["results"][0]["meets_target"] == result["meets_target"]
