@@ -51,13 +51,14 @@ def interleaved_ms(paths: dict[str, Path], batch: torch.Tensor, repeats: int, th
     return {name: statistics.median(values) * 1e3 for name, values in times.items()}
 
 
-def speed_batch(ckpt: Path, size: tuple[int, int]) -> torch.Tensor:
-    """The first test batch of the checkpoint's run, fitted to the exported input size (as ``zoo.export`` times)."""
+def speed_batch(ckpt: Path, size: tuple[int, int]) -> tuple[torch.Tensor, str]:
+    """The first test batch of the checkpoint's run, fitted to the exported input size (as ``zoo.export`` times),
+    and the name of the run's datamodule."""
     from zoo.export import _batch_images, _fitted
 
     datamodule = load_datamodule(resolve_config(ckpt, None))
     datamodule.setup("test")
-    return _fitted(_batch_images(next(iter(datamodule.test_dataloader()))), size)
+    return _fitted(_batch_images(next(iter(datamodule.test_dataloader()))), size), type(datamodule).__name__
 
 
 def measure(ckpt: Path, work: Path, calibration_batches: int, repeats: int) -> dict[str, Any]:
@@ -71,7 +72,7 @@ def measure(ckpt: Path, work: Path, calibration_batches: int, repeats: int) -> d
         reports[keep] = report
     first, every = reports["first_conv"]["quantization"], reports["none"]["quantization"]
     shape = reports["first_conv"]["input"]["shape"]
-    batch = speed_batch(ckpt, (int(shape[-2]), int(shape[-1])))
+    batch, data = speed_batch(ckpt, (int(shape[-2]), int(shape[-1])))
     threads = torch.get_num_threads()
     ms = interleaved_ms(
         {"float": Path(reports["first_conv"]["file"]), "int8": Path(first["file"]), "int8_all": Path(every["file"])},
@@ -82,6 +83,7 @@ def measure(ckpt: Path, work: Path, calibration_batches: int, repeats: int) -> d
     return {
         "checkpoint": str(ckpt),
         "network": reports["first_conv"]["network"],
+        "data": data,
         "metric": first["metric"],
         "test_images": first["test_images"],
         "float": first["float"],
@@ -117,14 +119,15 @@ def main_bench(argv: list[str] | None = None) -> dict[str, Any]:
                   f"{result['int8_all']:.4f} all int8; speedup {result['speedup']:.2f}x, all int8 "
                   f"{result['speedup_all']:.2f}x", flush=True)  # fmt: skip
     rows = [
-        [r["network"], r["metric"], r["test_images"], f"{r['float']:.4f}", f"{r['int8']:.4f}",
+        [r["network"], r["data"].removesuffix("DataModule"), r["metric"], r["test_images"], f"{r['float']:.4f}",
+         f"{r['int8']:.4f}",
          f"{100 * r['drop']:+.2f}", f"{r['int8_all']:.4f}", f"{100 * r['drop_all']:+.2f}", r["batch"],
          f"{r['ms']['float']:.1f}", f"{r['speedup']:.2f}x", f"{r['speedup_all']:.2f}x"]
         for r in results
     ]  # fmt: skip
     print(f"\nINT8 (ONNX Runtime static, QDQ), {machine()['cpu']}, {torch.get_num_threads()} threads")
     print(markdown_table(
-        ["network", "metric", "test images", "float", "int8", "lost (pt)", "all int8", "lost (pt)", "batch",
+        ["network", "data", "metric", "test images", "float", "int8", "lost (pt)", "all int8", "lost (pt)", "batch",
          "float ms", "speedup", "speedup all int8"], rows
     ))  # fmt: skip
     payload = {"repeats": args.repeats, "calibration_batches": args.calibration_batches, "results": results}
