@@ -32,11 +32,12 @@ INT8 post-training quantization (``--quantize int8``, ONNX, classifiers and segm
 quantized with ONNX Runtime's static quantization (``onnxruntime.quantization.quantize_static``: QDQ format, weights
 int8 per output channel, activations uint8 per tensor, MinMax ranges) calibrated on real images of the run's training
 split (the datamodule's train loader, ``--calibration-batches`` batches, fitted to the exported input size), written
-as ``<file stem>.int8.onnx``. The first convolution stays in float unless ``--keep-float none``: it sees the raw image
-and holds a small share of the arithmetic, and it is where int8 lost accuracy (Fashion-MNIST convnet, width 32, 10,000
-test images: float 92.01%, all int8 90.79%, first convolution in float 92.00%; the calibration method, MinMax,
-Percentile or Entropy, made no difference; on the MNIST convnet the mean logit difference fell from 0.36-0.57 to 0.04).
-The report's ``kept_float`` names the nodes left in float. The report's ``quantization`` entry holds, on the real test set (``--eval-batches`` limits
+as ``<file stem>.int8.onnx``. The first convolution stays in float unless ``--keep-float none``: it sees the raw
+image, and it is where int8 lost accuracy (Fashion-MNIST convnet, width 32, 10,000 test images: float 92.01%, all int8
+90.79%, first convolution in float 92.00%; the calibration method, MinMax, Percentile or Entropy, made no difference;
+on the MNIST convnet the mean logit difference fell from 0.36-0.57 to 0.04). On small convnets it is a large share of
+the arithmetic, so keeping it in float costs speed there (``bench/quantize_int8.py``). The report's ``kept_float``
+names the nodes left in float; its ``quantization`` entry holds, on the real test set (``--eval-batches`` limits
 it): float vs int8 accuracy (classifiers; multi-label: mean per-label accuracy at the model's threshold) or mean IoU
 (segmenters), the max / mean absolute output difference and the argmax agreement, and the CPU inference time of the
 float and int8 files (same batch, same onnxruntime session threads) with the speedup, which may be below 1.
