@@ -6,6 +6,10 @@ sec. 5, and the cocodataset.org detection-eval page).
   with RLE ``segmentation``) through ``faster-coco-eval`` (C++, default) or ``pycocotools``, ``iouType`` ``bbox`` or
   ``segm``.
 - :func:`summarize_cocoeval`: the 12 numbers of ``COCOeval.summarize`` plus per-class AP / AP@.5 / AR@100.
+- :func:`coco_summary` / :func:`coco_stats`: the same 12 numbers under another cap on detections per image than
+  COCO's 100 (``max_detections``; read from the evaluated arrays as ``summarize`` reads them, because pycocotools'
+  ``summarize`` hard-codes 100 for its first line), and :func:`warn_if_capped`: a logged note naming the images
+  whose detections beyond the cap do not count.
 - :func:`gather_per_image_lists`: a torchmetrics metric's per-image list states gathered whole across processes (one
   object all-gather per state), and :func:`canonical_image_order`: the images in an order that does not depend on
   how they were spread over the processes (COCOeval breaks score ties by image id), so COCO numbers do not depend
@@ -25,7 +29,6 @@ import numpy as np
 
 Backend = Literal["faster_coco_eval", "pycocotools"]
 IouType = Literal["bbox", "segm"]
-# The 12 numbers of COCOeval.summarize() for boxes, in its order (``stats``).
 # COCOeval.summarize()'s twelve lines, in its order: (key of the result, AP or AR, IoU, area, max detections)
 COCO_SUMMARY = (
     ("map", "AP", "0.50:0.95", "all", 100),
@@ -42,15 +45,79 @@ COCO_SUMMARY = (
     ("mar_large", "AR", "0.50:0.95", "large", 100),
 )
 COCO_STAT_NAMES = tuple(row[0] for row in COCO_SUMMARY)  # the keys of COCOeval.stats, in its order
+COCO_MAX_DETECTIONS = 100  # COCO's cap of detections per image in AP and AR@100
+
+
+def coco_summary(max_detections: int = COCO_MAX_DETECTIONS) -> tuple[tuple[str, str, str, str, int], ...]:
+    """:data:`COCO_SUMMARY` with the cap of detections per image at ``max_detections`` instead of COCO's 100: the
+    AP lines and the area AR lines count at most that many per image, and ``mar_100`` becomes
+    ``mar_<max_detections>``. At least 10 (the AR@1 and AR@10 lines stay beside it)."""
+    check_max_detections(max_detections)
+    if max_detections == COCO_MAX_DETECTIONS:
+        return COCO_SUMMARY
+    return tuple(
+        ("mar_" + str(max_detections) if key == "mar_100" else key, kind, iou, area,
+         max_detections if dets == COCO_MAX_DETECTIONS else dets)
+        for key, kind, iou, area, dets in COCO_SUMMARY
+    )  # fmt: skip
+
+
+def check_max_detections(max_detections: int) -> None:
+    if isinstance(max_detections, bool) or not isinstance(max_detections, int) or max_detections < 10:
+        raise ValueError(
+            f"max_detections={max_detections!r}: the cap of detections per image in COCO's AP / AR must be an "
+            "integer of at least 10 (AR@1 and AR@10 are reported beside it). Fix: 100 (COCO's definition) or the "
+            "largest number of objects one image can hold."
+        )
+
+
+def coco_stats(evaluator: Any, rows: Sequence[tuple[str, str, str, str, int]] = COCO_SUMMARY) -> dict[str, float]:
+    """The numbers of ``rows`` (:func:`coco_summary`) from an evaluated COCOeval's ``eval["precision"]``
+    ``(T, R, K, A, M)`` and ``eval["recall"]`` ``(T, K, A, M)`` arrays, averaged over the entries above -1 as
+    pycocotools' ``summarize._summarize`` does; -1 where nothing is defined."""
+    params = evaluator.params
+    precision = np.asarray(evaluator.eval["precision"])
+    recall = np.asarray(evaluator.eval["recall"])
+    iou_thresholds = np.asarray(params.iouThrs)
+    out = {}
+    for key, kind, iou, area, dets in rows:
+        a, m = list(params.areaRngLbl).index(area), list(params.maxDets).index(dets)
+        values = precision[..., a, m] if kind == "AP" else recall[..., a, m]
+        if iou != "0.50:0.95":
+            values = values[np.isclose(iou_thresholds, float(iou))]
+        valid = values[values > -1]
+        out[key] = float(valid.mean()) if valid.size else -1.0
+    return out
+
+
+def warn_if_capped(
+    detections_per_image: Sequence[int], max_detections: int, what: str, setting: str | None = None
+) -> None:
+    """A logged note when some images hold more detections than COCO's AP / AR count (their lowest-scoring ones
+    are left out of those numbers, by COCO's definition); ``setting`` is the argument that raises the cap, if any."""
+    over = [n for n in detections_per_image if n > max_detections]
+    if over:
+        from torchmetrics.utilities import rank_zero_warn
+
+        rank_zero_warn(
+            f"{what}: {len(over)} of {len(detections_per_image)} images hold more than {max_detections} detections "
+            f"(at most {max(over)}); COCO's AP / AR count only the {max_detections} highest-scoring of each "
+            f"({sum(over) - max_detections * len(over)} detections left out of those numbers). "
+            + (f"Fix, to count them all: {setting}: {max(over)} or more (the numbers then differ from COCO's "
+               "100-detection definition)." if setting else "This is COCO's definition; the precision / recall "
+               "curves and the confusion matrix beside it take every detection.")
+        )  # fmt: skip
 
 
 def run_cocoeval(
     gt: dict[str, Any], results: np.ndarray | list[dict[str, Any]], backend: Backend = "faster_coco_eval",
-    iou_type: IouType = "bbox",
+    iou_type: IouType = "bbox", max_detections: int = COCO_MAX_DETECTIONS,
 ) -> Any:
     """COCOeval of a ground-truth dataset dict and results (an ``N x 7`` box array, or result dicts, with RLE
     ``segmentation`` for ``iou_type="segm"``), evaluated, accumulated and summarized (its printout swallowed);
-    returns the COCOeval object."""
+    returns the COCOeval object. ``max_detections`` other than 100: ``params.maxDets`` is ``[1, 10,
+    max_detections]`` (read the numbers with :func:`coco_stats`, not ``stats``)."""
+    check_max_detections(max_detections)
     if backend == "faster_coco_eval":
         from faster_coco_eval import COCO
         from faster_coco_eval import COCOeval_faster as COCOeval
@@ -70,6 +137,7 @@ def run_cocoeval(
             coco_dt.dataset = {"images": gt["images"], "annotations": [], "categories": gt["categories"]}
             coco_dt.createIndex()
         evaluator = COCOeval(coco_gt, coco_dt, iou_type)
+        evaluator.params.maxDets = [1, 10, max_detections]
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()

@@ -32,7 +32,17 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from zoo.core.coco import Backend, canonical_image_order, gather_per_image_lists, run_cocoeval
+from zoo.core.coco import (
+    COCO_MAX_DETECTIONS,
+    Backend,
+    canonical_image_order,
+    check_max_detections,
+    coco_stats,
+    coco_summary,
+    gather_per_image_lists,
+    run_cocoeval,
+    warn_if_capped,
+)
 
 MASK_STATES = ("pred_rles", "pred_scores", "gt_rles", "gt_crowd", "image_sizes")
 
@@ -400,15 +410,26 @@ class COCOMaskMetrics(Metric):
     :meth:`update` takes, per image, predictions ``{"masks": (N, [1,] H, W) probabilities or 0/1, "scores": (N,)}``
     (or ``{"labels_image": (H, W) int, "scores": (K,)}``, the U-Net route's instances) and targets
     ``{"masks": (M, H, W) 0/1, "iscrowd": (M,) optional}`` (or ``{"labels_image": (H, W)}``). One object class.
+
+    ``max_detections``: the cap of predicted instances per image that AP and AR count (COCO's 100 by default; the
+    highest-scoring count). A DSB2018 image holds up to 289 nuclei, so there the default leaves objects out of the
+    AP: ``compute`` then logs a note with the images' count and the setting that counts them all (the keys follow
+    :func:`zoo.core.coco.coco_summary`: ``mar_100`` becomes ``mar_<max_detections>``; ``max_detections`` is in
+    the result too).
     """
 
     full_state_update = False
     higher_is_better = True
 
-    def __init__(self, backend: Backend = "faster_coco_eval", mask_threshold: float = 0.5, **kwargs: Any) -> None:
+    def __init__(
+        self, backend: Backend = "faster_coco_eval", mask_threshold: float = 0.5,
+        max_detections: int = COCO_MAX_DETECTIONS, **kwargs: Any,
+    ) -> None:  # fmt: skip
         super().__init__(**kwargs)
+        check_max_detections(max_detections)
         self.backend = backend
         self.mask_threshold = mask_threshold
+        self.max_detections = max_detections
         for name in MASK_STATES:
             self.add_state(name, default=[], dist_reduce_fx=None)
 
@@ -467,12 +488,12 @@ class COCOMaskMetrics(Metric):
         return gt, results
 
     def compute(self) -> dict[str, float]:
-        from zoo.core.coco import COCO_STAT_NAMES
-
         canonical_image_order(self, MASK_STATES)  # the same image ids on 1 or N processes
         gt, results = self.coco_inputs()
-        evaluator = run_cocoeval(gt, results if results else np.zeros((0, 7)), self.backend, iou_type="segm")
-        return {name: float(v) for name, v in zip(COCO_STAT_NAMES, evaluator.stats, strict=False)}
+        warn_if_capped([len(s) for s in self.pred_scores], self.max_detections, "mask mAP", "mask_max_detections")
+        evaluator = run_cocoeval(gt, results if results else np.zeros((0, 7)), self.backend, iou_type="segm",
+                                 max_detections=self.max_detections)  # fmt: skip
+        return {**coco_stats(evaluator, coco_summary(self.max_detections)), "max_detections": self.max_detections}
 
 
 __all__ = [

@@ -25,7 +25,7 @@ from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 from datamodules.instance_targets import labels_from_masks
-from zoo.core.coco import gather_objects
+from zoo.core.coco import COCO_MAX_DETECTIONS, gather_objects
 from zoo.core.instance_metrics import COCOMaskMetrics, DSBScore, dsb_precisions, masks_to_labels, match_instances
 from zoo.core.instances import InstancePredictionWriter
 from zoo.core.module import SchedulerInterval
@@ -52,6 +52,9 @@ class InstanceDetector(ObjectDetector):
         score_threshold: detections kept in label images (DSB score, ``predict``) and drawn.
         mask_threshold: a pixel belongs to a detection's mask when its mask probability is at least this (0.5 in
             He et al. 2017, sec. 3.1 "Inference").
+        mask_max_detections: detections per image that the mask AP / AR count, the highest-scoring first (COCO's
+            100 by default; a note is logged when an image has more). Set it with ``network_kwargs``'
+            ``box_detections_per_img`` (torchvision's 100), which caps what the network returns, for every metric.
     """
 
     monitor: ClassVar[str] = "val/dsb_score"
@@ -77,6 +80,7 @@ class InstanceDetector(ObjectDetector):
         output_dir: str | None = None,
         map_backend: Literal["faster_coco_eval", "pycocotools"] = "faster_coco_eval",
         mask_threshold: float = 0.5,
+        mask_max_detections: int = COCO_MAX_DETECTIONS,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -95,8 +99,8 @@ class InstanceDetector(ObjectDetector):
         if not 0.0 < mask_threshold < 1.0:
             raise ValueError(f"mask_threshold={mask_threshold} is not a probability. Fix: a value in (0, 1), e.g. 0.5.")
         self.mask_threshold = mask_threshold
-        self.val_masks = COCOMaskMetrics(map_backend, mask_threshold)
-        self.test_masks = COCOMaskMetrics(map_backend, mask_threshold)
+        self.val_masks = COCOMaskMetrics(map_backend, mask_threshold, mask_max_detections)
+        self.test_masks = COCOMaskMetrics(map_backend, mask_threshold, mask_max_detections)
         self.val_dsb, self.test_dsb = DSBScore(), DSBScore()
         self._per_image: list[dict[str, Any]] = []
         self._examples: list[dict[str, Any]] = []

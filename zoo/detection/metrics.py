@@ -36,6 +36,7 @@ from torchmetrics import Metric
 from torchvision.ops import box_area, box_iou
 
 from zoo.core.coco import (  # noqa: F401  (COCO_SUMMARY, COCO_STAT_NAMES, Backend: re-exported for the tools)
+    COCO_MAX_DETECTIONS,
     COCO_STAT_NAMES,
     COCO_SUMMARY,
     Backend,
@@ -43,6 +44,7 @@ from zoo.core.coco import (  # noqa: F401  (COCO_SUMMARY, COCO_STAT_NAMES, Backe
     gather_per_image_lists,
     run_cocoeval,
     summarize_cocoeval,
+    warn_if_capped,
 )
 
 # The per-image list states of COCOMetrics (gathered whole across processes).
@@ -387,6 +389,7 @@ class COCOMetrics(Metric):
     def compute(self) -> dict[str, Any]:
         canonical_image_order(self, STATES)  # the same image ids on 1 or N processes (COCOeval breaks ties by id)
         preds, targets = self._lists()
+        warn_if_capped([len(s) for s in self.pred_scores], COCO_MAX_DETECTIONS, "box mAP")
         result = coco_map(preds, targets, backend=self.backend)
         if self.extended:
             result["confusion_matrix"] = detection_confusion_matrix(

@@ -240,20 +240,22 @@ def instance_report(
     import matplotlib
 
     matplotlib.use("Agg")
-    from zoo.core.coco import COCO_SUMMARY
+    from zoo.core.coco import COCO_MAX_DETECTIONS, coco_summary
 
     if instances is None:
         text = (f"{module_name} kept no instance result (``last_test_result`` holds no DSB score): no test batch "
                 "was scored.")  # fmt: skip
         return FamilyReport([Section("Instances", text=text)], {k: None for k in BENCHMARK_KEYS})
     dsb, mask = instances.dsb, instances.mask
+    cap = int(mask.get("max_detections", COCO_MAX_DETECTIONS))
+    mask_rows = coco_summary(cap)
     summary_rows = [
         ["DSB2018 score (mean over images of the mean over IoU .50:.05:.95 of TP / (TP + FP + FN))",
          _shown(float(dsb["score"]) if dsb.get("images") else None, NO_OBJECTS)],
         ["F1 at IoU 0.5 (pooled over images)", _shown(float(dsb["f1_50"]))],
         ["average F1 over the IoU thresholds", _shown(float(dsb["average_f1"]))],
         *[[f"mask {what}@{iou} (area {area}, at most {dets} detection{'s' if dets != 1 else ''})",
-           _shown(mask.get(key))] for key, what, iou, area, dets in COCO_SUMMARY if key in mask],
+           _shown(mask.get(key))] for key, what, iou, area, dets in mask_rows if key in mask],
         ["images scored", dsb["images"]],
         ["images without true or predicted objects (not scored)", dsb["empty_images"]],
         ["true objects", dsb["true_objects"]],
@@ -305,8 +307,9 @@ def instance_report(
                 "The 2018 Data Science Bowl score (Caicedo et al. 2019): a predicted object is a true positive at IoU "
                 "threshold t when its IoU with a true object is above t (one-to-one above 0.5); per image the mean "
                 "over t of TP / (TP + FP + FN), then the mean over the images with objects. Mask AP / AR: COCOeval "
-                "segm (Lin et al. 2014) on the same instances, at most 100 per image (on images with more objects, "
-                f"only the 100 highest-scoring count). '{NO_GROUND_TRUTH}': COCO's -1, no objects of that size."
+                f"segm (Lin et al. 2014) on the same instances, at most {cap} per image (on images with more, only "
+                f"the {cap} highest-scoring count{'; COCO defines 100' if cap != COCO_MAX_DETECTIONS else ''}). "
+                f"'{NO_GROUND_TRUTH}': COCO's -1, no objects of that size."
             ),
             tables=[Table(["metric", "value"], summary_rows)],
         ),

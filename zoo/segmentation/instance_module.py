@@ -35,7 +35,7 @@ import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from scipy import ndimage
 
-from zoo.core.coco import Backend, gather_objects
+from zoo.core.coco import COCO_MAX_DETECTIONS, Backend, gather_objects
 from zoo.core.instance_metrics import COCOMaskMetrics, DSBScore, dsb_score, match_instances
 from zoo.core.instances import InstancePredictionWriter
 from zoo.core.module import SchedulerInterval
@@ -105,6 +105,10 @@ class InstanceSegmenter(SemanticSegmenter):
         foreground_threshold, interior_threshold, elevation, seed_method, h, erosion, min_seed_size, min_size,
             connectivity: the post-processing, :func:`~zoo.segmentation.instances.instances_from_probabilities`.
         mask_map_backend: COCOeval implementation of the mask AP (``faster_coco_eval`` or ``pycocotools``).
+        mask_max_detections: instances per image that the mask AP / AR count, the highest-scoring first (COCO's
+            100 by default; a note is logged when an image holds more, see
+            :class:`~zoo.core.instance_metrics.COCOMaskMetrics`). The DSB score counts every instance whatever
+            this is.
         examples: best and worst test images kept with their label images in :attr:`last_test_result`.
     """
 
@@ -139,6 +143,7 @@ class InstanceSegmenter(SemanticSegmenter):
         min_size: int = 10,
         connectivity: Literal[1, 2] = 1,
         mask_map_backend: Backend = "faster_coco_eval",
+        mask_max_detections: int = COCO_MAX_DETECTIONS,
         examples: int = 3,
         **kwargs: Any,
     ) -> None:
@@ -184,8 +189,8 @@ class InstanceSegmenter(SemanticSegmenter):
             connectivity=connectivity,
         )
         self.val_dsb, self.test_dsb = DSBScore(), DSBScore()
-        self.val_mask_coco = COCOMaskMetrics(backend=mask_map_backend)
-        self.test_mask_coco = COCOMaskMetrics(backend=mask_map_backend)
+        self.val_mask_coco = COCOMaskMetrics(backend=mask_map_backend, max_detections=mask_max_detections)
+        self.test_mask_coco = COCOMaskMetrics(backend=mask_map_backend, max_detections=mask_max_detections)
         self.last_test_result: dict[str, Any] | None = None
         self._test_rows: list[dict[str, Any]] = []
         self._test_examples: Ranked = []
