@@ -27,7 +27,7 @@ in float32 on one thread of a Xeon with AVX-512; each result records its steps):
 - ``sliding_window``: Ciresan et al. 2012's N4 at 1/3 width (16 instead of 48 channels per stage, 64 instead of 200
   hidden units), 65x65 window, trained densely on 256x256 crops.
 - ``fcn32s`` / ``fcn16s`` / ``fcn8s``: Long et al. 2015 over the registry's ``vgg16_bn`` (VGG-16 with batch
-  norm: from scratch the plain one never left the all-background answer, see ``_VGG_FCN``) at 1/4 width (``width`` 16:
+  norm: from scratch the plain one never left the majority-class answer, see ``_VGG_FCN``) at 1/4 width (``width`` 16:
   16 to 128 channels instead of 64 to 512) with fc6 / fc7 at 1024 instead of 4096 (the classifier's own fully
   connected layers, convolutionalized); 256x256 crops (the paper's 100-pixel padding of conv1_1 makes them 456x456).
 - ``fcn_resnet50``: torchvision's, unchanged (no width argument), batches of two 256x256 crops.
@@ -101,9 +101,10 @@ def _unet(upsampling: str) -> Route:
 
 
 # VGG-16 with batch norm (``vgg16_bn``), from scratch. Long et al. start from ImageNet weights; without them the
-# plain VGG-16 stayed at the all-background answer in every 10-minute run (Adam at 1e-4; at 1e-3 it stalls). Chosen
-# on the training loss of DSB2018 training crops (60 steps, no warm-up): plain VGG-16 at 1e-4 sat at 0.41-0.44 (the
-# class prior's entropy, 0.44) predicting no nucleus pixel; vgg16_bn at 1e-3 reached 0.33 and predicted nuclei.
+# plain VGG-16 stayed at the majority-class answer in every 10-minute run on ISBI and DSB2018 (Adam at 1e-4; at 1e-3
+# it stalls). Chosen on the training loss of DSB2018 training crops (60 steps, no warm-up): plain VGG-16 at 1e-4
+# sat at 0.41-0.44 (the class prior's entropy, 0.44) predicting no nucleus pixel; vgg16_bn at 1e-3 reached 0.33
+# and predicted nuclei.
 _VGG_FCN = {"backbone": "vgg16_bn", "backbone_kwargs": {"width": 16}, "fc_width": 1024}
 # In the order the chapter builds the subject up; the widths are explained in the module docstring.
 ROUTES: dict[str, Route] = {

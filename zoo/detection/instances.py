@@ -53,8 +53,8 @@ class InstanceDetector(ObjectDetector):
         mask_threshold: a pixel belongs to a detection's mask when its mask probability is at least this (0.5 in
             He et al. 2017, sec. 3.1 "Inference").
         mask_max_detections: detections per image that the mask AP / AR count, the highest-scoring first (COCO's
-            100 by default; a note is logged when an image has more). Set it with ``network_kwargs``'
-            ``box_detections_per_img`` (torchvision's 100), which caps what the network returns, for every metric.
+            100 by default; a note is logged when an image has more). Raise ``network_kwargs``'
+            ``box_detections_per_img`` (torchvision's 100) with it: that caps what the network returns at all.
     """
 
     monitor: ClassVar[str] = "val/dsb_score"
